@@ -1,0 +1,216 @@
+"""Checkpoint I/O: safetensors first, pickle-free torch files, strict loads with a readable diff.
+
+- :func:`read_state_dict` reads ``.safetensors`` or ``.pth/.pt/.bin`` (``torch.load`` with
+  ``weights_only=True``: never unpickles arbitrary objects), unwraps the usual containers
+  (``{"state_dict": ...}``, ``{"model": ...}``, ...) and strips DDP's ``module.`` prefix.
+- :func:`load_state_dict_strict` loads only when every key and shape fits, and otherwise
+  raises :class:`CheckpointMismatchError` listing missing, unexpected and mis-shaped keys,
+  before anything is copied (never a partial load).
+- :func:`convert_to_model` detects the checkpoint's format (ours, timm, torchvision or the
+  official repository) by trying the model's converters and keeping the one whose keys fit.
+- :func:`save_model` writes safetensors with metadata, atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+# Containers that training scripts wrap their weights in, tried in this order.
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module", "net", "params")
+
+
+class CheckpointError(RuntimeError):
+    """The file cannot be read as a checkpoint (missing, truncated, unsafe or not weights)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's keys or shapes do not fit the model; the message lists them all."""
+
+    def __init__(self, missing, unexpected, mismatched, context: str = ""):
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)  # (key, checkpoint shape, model shape)
+        super().__init__(self._format(context))
+
+    def _format(self, context: str, limit: int = 25) -> str:
+        def block(title, items):
+            if not items:
+                return ""
+            shown = "\n".join(f"    {i}" for i in items[:limit])
+            more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+            return f"\n  {title} ({len(items)}):\n{shown}{more}"
+
+        mism = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched]
+        head = "checkpoint does not fit the model" + (f" ({context})" if context else "")
+        return (
+            head
+            + block("missing keys (in the model, not in the checkpoint)", self.missing)
+            + block("unexpected keys (in the checkpoint, not in the model)", self.unexpected)
+            + block("mis-shaped keys", mism)
+        )
+
+    @property
+    def size(self) -> int:
+        return len(self.missing) + len(self.unexpected) + len(self.mismatched)
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):  # nested wrappers, e.g. {"model": {"state_dict": ...}}
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            for k in _WRAPPER_KEYS:
+                if k in obj and isinstance(obj[k], dict):
+                    obj = obj[k]
+                    break
+            else:
+                break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"{path}: no tensors found (top-level keys: {sorted(map(str, obj))[:10]})"
+        )
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint file, safely, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e}); is it truncated?") from e
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt/unsafe files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path}: refuses to unpickle non-tensor objects (loaded with weights_only=True): {msg}"
+            ) from e
+        raise CheckpointError(f"{path}: cannot read checkpoint ({msg}); is it truncated or corrupt?") from e
+    return _unwrap(obj, path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Metadata stored in a safetensors header ({} for other formats)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}
+
+
+def _ignorable(key: str) -> bool:
+    # BN's step counter is not a weight; the official fixtures store it, some ports omit it.
+    return key.endswith("num_batches_tracked")
+
+
+def state_dict_diff(model: nn.Module, sd: dict[str, torch.Tensor]):
+    """(missing, unexpected, mismatched) of sd against model.state_dict()."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not _ignorable(k)]
+    unexpected = [k for k in sd if k not in own and not _ignorable(k)]
+    mismatched = [
+        (k, tuple(sd[k].shape), tuple(own[k].shape))
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
+    return missing, unexpected, mismatched
+
+
+def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], context: str = "") -> None:
+    """Copy sd into model only if every key and shape fits; otherwise raise with the full diff."""
+    missing, unexpected, mismatched = state_dict_diff(model, sd)
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(missing, unexpected, mismatched, context)
+    own = model.state_dict()
+    sd = {k: v for k, v in sd.items() if k in own}
+    model.load_state_dict(sd, strict=False)
+
+
+def convert_to_model(model: nn.Module, sd: dict[str, torch.Tensor], converters: dict, context: str = ""):
+    """Return (format_name, converted sd) for the format whose keys fit the model.
+
+    Tries our own layout first, then each converter; a converter that raises or leaves
+    a diff is skipped. When none fits, raises the diff of the closest candidate.
+    """
+    best = None
+    candidates = [("edgevision", lambda d: d), *converters.items()]
+    for fmt, fn in candidates:
+        try:
+            converted = fn(dict(sd))
+        except Exception:  # a converter for another format fails on these keys
+            continue
+        diff = state_dict_diff(model, converted)
+        size = sum(len(x) for x in diff)
+        if size == 0:
+            return fmt, converted
+        if best is None or size < best[0]:
+            best = (size, fmt, diff)
+    missing, unexpected, mismatched = best[2] if best else ([], list(sd), [])
+    tried = ", ".join(name for name, _ in candidates)
+    ctx = f"{context}; tried formats: {tried}; closest: {best[1] if best else 'none'}"
+    raise CheckpointMismatchError(missing, unexpected, mismatched, ctx)
+
+
+def load_checkpoint(model: nn.Module, path, converters: dict | None = None, model_name: str = "") -> str:
+    """Read path, convert to the model's layout, load strictly. Returns the detected format."""
+    sd = read_state_dict(path)
+    meta = read_metadata(path)
+    context = f"{path}"
+    saved_for = meta.get("model_name")
+    if saved_for and model_name and saved_for != model_name:
+        context += f", saved from model {saved_for!r}, loading into {model_name!r}"
+    fmt, converted = convert_to_model(model, sd, converters or {}, context)
+    load_state_dict_strict(model, converted, context)
+    return fmt
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(tmp_path), then rename onto path: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: nn.Module, path, model_name: str = "", extra: dict | None = None) -> None:
+    """Save the model's weights as safetensors with metadata (model name, edgevision version)."""
+    from safetensors.torch import save_file
+
+    from edgevision import __version__
+
+    meta = {"format": "edgevision", "edgevision_version": __version__, "model_name": model_name}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))

@@ -1,0 +1,24 @@
+"""Model families. Importing this package registers every family's variants."""
+
+import importlib
+
+# One module per family; each registers its variants on import.
+_FAMILIES = [
+    "mobilenetv1",
+    "mobilenetv2",
+    "mobilenetv3",
+    "mnasnet",
+    "efficientnet_lite",
+    "emo",
+    "edgevit",
+    "efficientformer",
+    "moat",
+    "nasnet",
+]
+
+for _name in _FAMILIES:
+    try:
+        importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as e:  # a family still being written; never hide other errors
+        if e.name != f"{__name__}.{_name}":
+            raise

@@ -1,0 +1,31 @@
+"""Shared fixtures: the reference folder, deterministic small-input settings."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "reference"
+
+# One torch thread per test worker: pytest-xdist runs one worker per core.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """../shared/reference, read in place. Skips only where the folder is absent (never in CI)."""
+    if not REFERENCE.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"reference folder missing in CI: {REFERENCE}")
+        pytest.skip(f"reference folder {REFERENCE} is absent (it sits beside the repo in CI)")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def model_stats(reference_dir):
+    import json
+
+    return json.loads((reference_dir / "model_stats.json").read_text())
