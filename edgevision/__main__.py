@@ -1,0 +1,7 @@
+"""`python -m edgevision ...` (also what `torchrun -m edgevision train ...` runs)."""
+
+import sys
+
+from edgevision.cli import main
+
+sys.exit(main())
