@@ -1,0 +1,1 @@
+"""Blocks shared by two or more model families."""
