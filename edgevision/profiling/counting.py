@@ -20,6 +20,12 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    # A model built under torch.device("meta") is counted without computing anything.
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _as_size(input_size) -> tuple[int, int, int, int]:
     if isinstance(input_size, int):
         return (1, 3, input_size, input_size)
@@ -40,9 +46,7 @@ def count_macs(model: nn.Module, input_size=(1, 3, 224, 224), by_op: bool = Fals
     size = _as_size(input_size)
     if len(size) == 4 and hasattr(model, "in_chans") and size[1] != model.in_chans:
         size = (size[0], model.in_chans, size[2], size[3])
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    x = torch.randn(size, device=device)
+    x = torch.randn(size, device=_device_of(model))
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
@@ -56,3 +60,60 @@ def count_macs(model: nn.Module, input_size=(1, 3, 224, 224), by_op: bool = Fals
         return total
     per_op = {str(op).split(".")[-1]: n // 2 for op, n in counter.get_flop_counts()["Global"].items()}
     return total, per_op
+
+
+def _summary_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Top-level children, with containers of stages/blocks expanded one level."""
+    rows = []
+    for name, child in model.named_children():
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) > 1:
+            rows.extend((f"{name}.{sub}", mod) for sub, mod in child.named_children())
+        else:
+            rows.append((name, child))
+    return rows
+
+
+@torch.no_grad()
+def module_summary(model: nn.Module, input_size=(1, 3, 224, 224)) -> list[dict]:
+    """Per-stage rows: module name, type, output shape, params, MACs (same counter as count_macs).
+
+    Rows follow registration order, which for every edgevision model is execution order.
+    """
+    size = _as_size(input_size)
+    if hasattr(model, "in_chans") and size[1] != model.in_chans:
+        size = (size[0], model.in_chans, size[2], size[3])
+    modules = _summary_modules(model)
+    shapes: dict[str, tuple] = {}
+    hooks = []
+    for name, mod in modules:
+        def hook(_m, _inp, out, name=name):
+            t = out[0] if isinstance(out, (list, tuple)) else out
+            if isinstance(t, torch.Tensor):
+                shapes[name] = tuple(t.shape)
+
+        hooks.append(mod.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), counter:
+            model(torch.randn(size, device=_device_of(model)))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    rows = []
+    for name, mod in modules:
+        flops = sum(counts.get(f"{root}.{name}", {}).values())
+        rows.append(
+            dict(
+                module=name,
+                type=type(mod).__name__,
+                output_shape=list(shapes.get(name, ())),
+                params=count_params(mod),
+                macs=flops // 2,
+            )
+        )
+    return rows

@@ -1,0 +1,75 @@
+"""`edgevision demo`: the main job on built-in defaults, offline, as a tour of the CLI.
+
+Each step is the very command a user would type, echoed before it runs, so the demo
+exercises the same paths as real use: the zoo, one model's stages, a real prediction
+with pretrained weights, a short benchmark and a short fine-tune on bundled data.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+DEFAULT_BENCH_MODELS = ["mobilenetv3_large_100", "emo_1m", "edgevit_xxs", "efficientformer_l1"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="run the built-in tour (offline, about 5 minutes on 2 cores)")
+    p.add_argument("--output", default="demo-output", help="folder for the demo's files")
+    p.add_argument("--skip", default="", help="comma-separated steps to skip: "
+                   "list,info,predict,bench,export,train")
+    p.set_defaults(func=run)
+
+
+def _sample_photo(out: Path) -> Path:
+    """scikit-image's bundled photo of a cat, written as a JPEG file like a user's image."""
+    from PIL import Image
+    from skimage import data
+
+    path = out / "chelsea.jpg"
+    Image.fromarray(data.chelsea()).save(path, quality=95)
+    return path
+
+
+def _steps(out: Path) -> list[tuple[str, list[str]]]:
+    from edgevision.inference import lite0_weights_path
+
+    photo = _sample_photo(out)
+    return [
+        ("list", ["list"]),
+        ("info", ["info", "mobilenetv3_large_100"]),
+        ("predict", ["predict", "efficientnet_lite0", str(photo),
+                     "--checkpoint", str(lite0_weights_path())]),
+        ("bench", ["bench", *DEFAULT_BENCH_MODELS, "--runtime", "eager,onnxruntime",
+                   "--batch", "1", "--size", "224", "--warmup", "3", "--iters", "15",
+                   "--output", str(out / "bench")]),
+        ("export", ["export", "emo_1m", "--format", "onnx", "--output",
+                    str(out / "emo_1m.onnx"), "--check"]),
+        ("train", ["train", "mobilenetv3_small_075", "--recipe", "demo",
+                   "--output", str(out / "train")]),
+    ]
+
+
+def run(args) -> int:
+    from edgevision.cli import main as cli_main
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    failed = []
+    for step, argv in _steps(out):
+        if step in skip:
+            continue
+        print(f"\n$ edgevision {shlex.join(argv)}", flush=True)
+        start = time.perf_counter()
+        rc = cli_main(argv)
+        print(f"[{step}: {'ok' if rc == 0 else f'exit {rc}'} in {time.perf_counter() - start:.1f} s]",
+              flush=True)
+        if rc != 0:
+            failed.append(step)
+    print(f"\nDemo files are in {out.resolve()}")
+    if failed:
+        print(f"Steps that failed: {', '.join(failed)}")
+        return 1
+    return 0
