@@ -106,6 +106,8 @@ def _register_into_timm(model_name: str, fn) -> None:
     """Expose a model through timm.create_model, unless timm already owns that name."""
     import timm.models._registry as timm_registry
 
+    import edgevision.timm_models as home
+
     if timm_registry.is_model(model_name):
         return  # never shadow timm's own model of the same name
 
@@ -124,7 +126,8 @@ def _register_into_timm(model_name: str, fn) -> None:
 
     timm_entry.__name__ = model_name
     timm_entry.__qualname__ = model_name
-    timm_entry.__module__ = "edgevision.timm_models"
+    timm_entry.__module__ = home.__name__
+    setattr(home, model_name, timm_entry)
     timm_registry.register_model(timm_entry)
 
 

@@ -1,0 +1,38 @@
+"""`edgevision predict NAME IMAGE --checkpoint F`: top-k ImageNet classes with names."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="classify one image with a model and its weights (top-k with names)")
+    p.add_argument("name", help="model name, e.g. efficientnet_lite0")
+    p.add_argument("image", help="image file (JPEG, PNG, ...)")
+    p.add_argument("--checkpoint", required=True,
+                   help="weights: ours, timm's, torchvision's or the family's official format")
+    p.add_argument("--topk", type=int, default=5, help="number of classes to print (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from edgevision.factory import create_model
+    from edgevision.inference import predict
+
+    model = create_model(args.name, checkpoint=args.checkpoint)
+    rows = predict(model, args.image, topk=args.topk)
+    if args.json:
+        print(json.dumps([dict(rank=r + 1, class_index=i, class_name=n, probability=p)
+                          for r, (i, n, p) in enumerate(rows)], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.name} on {args.image} (weights: {model.checkpoint_format})")
+    for col in ("rank", "class", "name", "probability"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for r, (i, n, p) in enumerate(rows):
+        table.add_row(str(r + 1), str(i), n, f"{p:.1%}")
+    Console().print(table)
+    return 0
