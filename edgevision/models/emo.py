@@ -1,0 +1,326 @@
+"""EMO-1M/2M/5M/6M (Zhang et al., "Rethinking Mobile Block for Efficient Attention-based
+Models", ICCV 2023), faithful to the official code (zhangzjn/EMO, ``model/emo.py``).
+
+The network is a stem and four stages of iRMB blocks (inverted residual mobile block):
+norm -> [windowed attention] -> 1x1 "v" expansion -> depthwise conv + BN + SiLU (inner
+residual) -> 1x1 projection (outer residual). Stages 3-4 use LayerNorm/GELU and, in every
+block but the first, EW-MHSA: attention in 7x7 windows computed on the normalised input
+itself (``attn_pre``) before the v expansion.
+
+Faithfulness notes (all verified against official logits, max |d| <= 2e-6):
+- Windows are **strided** by default: with n_h x n_w windows, pixel (r, c) falls in window
+  (r mod n_h, c mod n_w), as the official rearrange does; the released weights need it.
+  ``window_mode="contiguous"`` gives Swin-style blocks instead (a different network).
+- Any input size: the attention stages zero-pad bottom/right to a multiple of 7 (no mask,
+  padded tokens are keys/values, as official), then crop. The v expansion is pointwise, so it
+  is applied after the crop: same result, fewer MACs than the official code when padding.
+- Every BN and LN uses eps 1e-6; GELU is the exact (erf) one.
+- ``drop_rate`` is dropout before the classifier (timm convention); ``drop_path_rate`` is
+  spread linearly over the stage blocks (the stem gets none), as official. The official
+  training defaults (drop_path 0.04036 for 1M, 0.05 otherwise) are not applied implicitly.
+
+Layout: ``stem.{conv,bn,block}``, ``stages.{i}.{j}.{norm,qk,v,conv_local,proj}``, ``norm``,
+``head``. The official keys (``stage0.0.convs.0.0``, ``stage{i+1}.{j}``, LayerNorm wrapped as
+``.norm.norm``) are renamed by :func:`convert_official_checkpoint`; the per-block names are
+the official ones, so the mapping is a handful of prefix rules that work for every variant.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath
+
+from edgevision.layers.attention import (
+    check_window_mode,
+    multihead_attention,
+    window_partition,
+    window_unpartition,
+)
+from edgevision.models.base import EdgeModel
+from edgevision.registry import register_model
+
+EPS = 1e-6  # every norm in EMO (BN and LN)
+STEM_DIM = 24
+WINDOW = 7
+
+# D depths, C widths, E expansion ratios, dim_head (only used in the attention stages 3-4).
+CFGS = {
+    "emo_1m": dict(depths=(2, 2, 8, 3), dims=(32, 48, 80, 168), exp=(2.0, 2.5, 3.0, 3.5), dim_head=(16, 16, 20, 21)),
+    "emo_2m": dict(depths=(3, 3, 9, 3), dims=(32, 48, 120, 200), exp=(2.0, 2.5, 3.0, 3.5), dim_head=(16, 16, 20, 20)),
+    "emo_5m": dict(depths=(3, 3, 9, 3), dims=(48, 72, 160, 288), exp=(2.0, 3.0, 4.0, 4.0), dim_head=(24, 24, 32, 32)),
+    "emo_6m": dict(depths=(3, 3, 9, 3), dims=(48, 72, 160, 320), exp=(2.0, 3.0, 4.0, 5.0), dim_head=(16, 24, 20, 32)),
+}
+# Shared by all variants: DW kernel, norm ("bn"/"ln") and v activation per stage; attention in 3-4.
+KERNELS = (3, 3, 5, 5)
+NORMS = ("bn", "bn", "ln", "ln")
+ACTS = ("silu", "silu", "gelu", "gelu")
+ATTN = (False, False, True, True)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (the official wraps nn.LayerNorm the same way)."""
+
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def _norm(kind: str, dim: int) -> nn.Module:
+    return nn.BatchNorm2d(dim, eps=EPS) if kind == "bn" else LayerNorm2d(dim, eps=EPS)
+
+
+def _act(kind: str) -> nn.Module:
+    return nn.SiLU() if kind == "silu" else nn.GELU()
+
+
+class ConvAct(nn.Module):
+    """1x1 conv (+ activation); keys ``conv.*`` like the official ConvNormAct without norm."""
+
+    def __init__(self, dim_in: int, dim_out: int, bias: bool, act: str | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(dim_in, dim_out, 1, bias=bias)
+        self.act = _act(act) if act else nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+class DWConvBNAct(nn.Module):
+    """Depthwise kxk conv (no bias) -> BN -> SiLU, in every stage (even the LN/GELU ones)."""
+
+    def __init__(self, dim: int, kernel: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel, stride, kernel // 2, groups=dim, bias=False)
+        self.norm = nn.BatchNorm2d(dim, eps=EPS)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.norm(self.conv(x)))
+
+
+class SqueezeExcite(nn.Module):
+    """SE with reduction ratio 1 (stem only): mean -> 1x1 -> SiLU -> 1x1 -> sigmoid gate."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(dim, dim, 1)
+        self.act = nn.SiLU()
+        self.conv_expand = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.conv_expand(self.act(self.conv_reduce(s))))
+
+
+class StemBlock(nn.Module):
+    """The stem's iRMB: no norm, no expansion, no skip: DW3x3+BN+SiLU -> SE -> 1x1 (no bias)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_local = DWConvBNAct(dim, 3, 1)
+        self.se = SqueezeExcite(dim)
+        self.proj = ConvAct(dim, dim, bias=False)
+
+    def forward(self, x):
+        return self.proj(self.se(self.conv_local(x)))
+
+
+class Stem(nn.Module):
+    """3x3 stride-2 conv with bias -> BN (no activation) -> StemBlock: /2."""
+
+    def __init__(self, in_chans: int, dim: int = STEM_DIM):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, 3, 2, 1)
+        self.bn = nn.BatchNorm2d(dim, eps=EPS)
+        self.block = StemBlock(dim)
+
+    def forward(self, x):
+        return self.block(self.bn(self.conv(x)))
+
+
+class IRMB(nn.Module):
+    """Inverted residual mobile block, optionally with windowed attention (EW-MHSA).
+
+    First block of a stage: stride-2 DW conv, no skip, no attention (``downsample=True``).
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, exp_ratio: float, norm: str, act: str, kernel: int,
+                 downsample: bool, attn: bool, dim_head: int, window_mode: str = "strided",
+                 drop_path: float = 0.0):
+        super().__init__()
+        hidden = int(dim_in * exp_ratio)
+        self.has_skip = not downsample and dim_in == dim_out
+        self.attn = attn and not downsample
+        self.window_mode = window_mode
+        self.norm = _norm(norm, dim_in)
+        if self.attn:
+            self.num_heads = dim_in // dim_head
+            self.scale = dim_head ** -0.5
+            self.qk = ConvAct(dim_in, 2 * dim_in, bias=True)  # [q | k], each head-major
+        self.v = ConvAct(dim_in, hidden, bias=True, act=act)
+        self.conv_local = DWConvBNAct(hidden, kernel, 2 if downsample else 1)
+        self.proj = ConvAct(hidden, dim_out, bias=False)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def window_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention of the normalised map over itself in 7x7 windows (zero-padded, then cropped)."""
+        b, c, h, w = x.shape
+        pad_b, pad_r = (-h) % WINDOW, (-w) % WINDOW
+        x = F.pad(x, (0, pad_r, 0, pad_b))
+        hp, wp = h + pad_b, w + pad_r
+        qk = window_partition(self.qk(x), WINDOW, self.window_mode)
+        tokens = window_partition(x, WINDOW, self.window_mode)
+        q, k = qk[..., :c], qk[..., c:]
+        out = multihead_attention(q, k, tokens, self.num_heads, self.scale)
+        out = window_unpartition(out, WINDOW, hp, wp, self.window_mode)
+        return out[:, :, :h, :w]
+
+    def forward(self, x):
+        shortcut = x
+        x = self.norm(x)
+        if self.attn:
+            x = self.window_attention(x)
+        x = self.v(x)
+        x = x + self.conv_local(x) if self.has_skip else self.conv_local(x)
+        x = self.proj(x)
+        return shortcut + self.drop_path(x) if self.has_skip else x
+
+
+class EMO(EdgeModel):
+    def __init__(self, cfg: dict, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, window_mode: str = "strided", **kwargs):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"EMO got unexpected arguments: {sorted(kwargs)}")
+        check_window_mode(window_mode)
+        depths, dims = cfg["depths"], cfg["dims"]
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.window_mode = window_mode
+        self.min_input_size = 32
+        self.input_multiple = 1
+        self.stem = Stem(in_chans)
+        n_blocks = sum(depths)  # linear schedule, in Python so that meta-device builds work
+        dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # official: stem gets none
+        stages, dim_prev, n = [], STEM_DIM, 0
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            blocks = []
+            for j in range(depth):
+                first = j == 0  # downsampling block: no skip, no attention, doubled expansion
+                blocks.append(IRMB(
+                    dim_prev, dim, cfg["exp"][i] * (2 if first else 1), NORMS[i], ACTS[i], KERNELS[i],
+                    downsample=first, attn=ATTN[i], dim_head=cfg["dim_head"][i],
+                    window_mode=window_mode, drop_path=dpr[n]))
+                dim_prev, n = dim, n + 1
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f"stages.{i}") for i, d in enumerate(dims)]
+        self.norm = LayerNorm2d(dims[-1], eps=EPS)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        # Official init: trunc-normal(0.02) Linear with zero bias; convs keep PyTorch's default.
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x):
+        return self.stages(self.stem(x))
+
+    def forward_intermediates(self, x):
+        x = self.stem(x)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.norm(x).mean((2, 3))
+        if pre_logits:
+            return x
+        return self.head(self.head_drop(x))
+
+    def reset_classifier(self, num_classes: int):
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+# ----------------------------------------------------------------------------- converter
+_OFFICIAL_PREFIX = (
+    (re.compile(r"^stage0\.0\.convs\.0\.0\."), "stem.conv."),
+    (re.compile(r"^stage0\.0\.convs\.0\.1\."), "stem.bn."),
+    (re.compile(r"^stage0\.1\."), "stem.block."),
+)
+_OFFICIAL_STAGE = re.compile(r"^stage([1-4])\.(\d+)\.(.*)$")
+
+
+def _official_key(k: str) -> str:
+    for pat, new in _OFFICIAL_PREFIX:
+        if pat.match(k):
+            return pat.sub(new, k)
+    m = _OFFICIAL_STAGE.match(k)
+    if m:
+        rest = re.sub(r"^norm\.norm\.", "norm.", m[3])  # LN wrapper -> our LayerNorm2d
+        return f"stages.{int(m[1]) - 1}.{m[2]}.{rest}"
+    if k.startswith("norm.norm."):
+        return "norm." + k[len("norm.norm."):]
+    if k.startswith("head."):
+        return k
+    raise KeyError(f"not an official EMO key: {k}")
+
+
+def convert_official_checkpoint(state_dict: dict) -> dict:
+    """zhangzjn/EMO keys -> ours (same rules for every variant; order-independent)."""
+    if not any(k.startswith("stage0.") for k in state_dict):
+        raise KeyError("not an official EMO state dict (no stage0.* keys)")
+    return {_official_key(k): v for k, v in state_dict.items()}
+
+
+_PAPER = "Rethinking Mobile Block for Efficient Attention-based Models (ICCV 2023)"
+_URL = "https://github.com/zhangzjn/EMO/raw/27d9b40fea9c2a12a2fe7acc51032184852a99d8/resources/{}/net.pth"
+_NOTES = ("Strided (interleaved) 7x7 windows by default, as the released weights need; "
+          "window_mode='contiguous' for Swin-style windows. Any input size (attention stages "
+          "zero-pad to multiples of 7, as official). MACs are multiply-adds.")
+_SOURCE = "paper ImageNet-1K table = official README (params, MACs, top-1); official code: {:,} params"
+
+
+def _emo(name: str, **kwargs) -> EMO:
+    return EMO(CFGS[name], **kwargs)
+
+
+@register_model("emo", paper=_PAPER, params=1.3e6, macs=261e6, top1=71.5, source=_SOURCE.format(1361168),
+                weights_url=_URL.format("EMO_1M"), converters={"official": convert_official_checkpoint},
+                notes=_NOTES + " Paper says 1.3M params; the code (and its train log) gives 1.36M.")
+def emo_1m(**kwargs):
+    return _emo("emo_1m", **kwargs)
+
+
+@register_model("emo", paper=_PAPER, params=2.3e6, macs=439e6, top1=75.1, source=_SOURCE.format(2377472),
+                weights_url=_URL.format("EMO_2M"), converters={"official": convert_official_checkpoint},
+                notes=_NOTES + " Paper says 2.3M params; the code (and its train log) gives 2.38M.")
+def emo_2m(**kwargs):
+    return _emo("emo_2m", **kwargs)
+
+
+@register_model("emo", paper=_PAPER, params=5.1e6, macs=903e6, top1=78.4, source=_SOURCE.format(5108848),
+                weights_url=_URL.format("EMO_5M"), converters={"official": convert_official_checkpoint},
+                notes=_NOTES)
+def emo_5m(**kwargs):
+    return _emo("emo_5m", **kwargs)
+
+
+@register_model("emo", paper=_PAPER, params=6.1e6, macs=961e6, top1=79.0, source=_SOURCE.format(6168496),
+                weights_url=_URL.format("EMO_6M"), converters={"official": convert_official_checkpoint},
+                notes=_NOTES + " Paper says 6.1M params; the code (and its train log) gives 6.17M.")
+def emo_6m(**kwargs):
+    return _emo("emo_6m", **kwargs)
