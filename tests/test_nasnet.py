@@ -1,0 +1,100 @@
+"""NASNet-A Mobile: exact pretrainedmodels-port state-dict layout, params, MACs, any size >= 32."""
+
+import sys
+import types
+
+# registry.py gives timm entries __module__ "edgevision.timm_models", which timm looks up in
+# sys.modules; remove this line once registry.py points at a real module.
+sys.modules.setdefault("edgevision.timm_models", types.ModuleType("edgevision.timm_models"))
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+import edgevision as ev  # noqa: E402
+from edgevision.models.base import InputShapeError  # noqa: E402
+from edgevision.models.nasnet import nasnet_a_mobile  # noqa: E402
+from edgevision.profiling import count_macs, count_params  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def manifest(reference_dir):
+    return json.loads((reference_dir / "manifests" / "nasnet_a_mobile.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return nasnet_a_mobile().eval()
+
+
+def test_state_dict_matches_port_manifest(model, manifest):
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    ref = {k: tuple(shape) for k, shape, _ in manifest}
+    assert sorted(set(ref) - set(ours)) == [] and sorted(set(ours) - set(ref)) == []
+    assert {k: s for k, s in ours.items() if ref[k] != s} == {}
+
+
+def test_params_exact(model, model_stats):
+    assert count_params(model) == model_stats["nasnet_a_mobile"]["params"] == 5_289_978
+
+
+def test_macs_equal_port_at_224(model_stats):
+    with torch.device("meta"):  # shapes only: counts without computing
+        macs = count_macs(nasnet_a_mobile(), 224)
+    ref = model_stats["nasnet_a_mobile"]["flops_torch"] // 2
+    print(f"nasnet_a_mobile MACs at 224: {macs} (port {ref}, paper 564M)")
+    assert macs == ref
+
+
+def test_port_checkpoint_loads_through_create_model(manifest, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, shape, _ in manifest:
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.zeros((), dtype=torch.int64)
+        elif k.endswith("running_var"):
+            sd[k] = torch.rand(shape, generator=g) + 0.5
+        else:
+            sd[k] = 0.1 * torch.randn(shape, generator=g)
+    path = tmp_path / "port.safetensors"
+    save_file(sd, str(path))
+    m = ev.create_model("nasnet_a_mobile", checkpoint=str(path)).eval()
+    assert torch.equal(m.state_dict()["last_linear.weight"], sd["last_linear.weight"])
+    with torch.no_grad():
+        assert torch.isfinite(m(torch.randn(1, 3, 64, 64))).all()
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 33), (45, 45), (61, 100)])
+def test_any_size_from_32(model, size):
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, *size))
+    assert y.shape == (1, 1000) and torch.isfinite(y).all()
+
+
+def test_too_small_raises(model):
+    with pytest.raises(InputShapeError, match="at least 32x32"):
+        model(torch.randn(1, 3, 31, 64))
+
+
+def test_features_only():
+    f = ev.create_model("nasnet_a_mobile", features_only=True)
+    assert f.feature_info.reduction() == [2, 4, 8, 16, 32]
+    assert f.feature_info.channels() == [32, 44, 264, 528, 1056]
+    outs = f(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [32, 44, 264, 528, 1056]
+    assert [o.shape[-1] for o in outs] == [31, 16, 8, 4, 2]
+
+
+@pytest.mark.slow
+@settings(max_examples=4, deadline=None)
+@given(h=st.integers(32, 160), w=st.integers(32, 160))
+def test_property_any_size(model, h, w):
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, h, w))
+    assert y.shape == (1, 1000) and torch.isfinite(y).all()
+
