@@ -1,0 +1,176 @@
+"""Int8: ONNX Runtime static quantization (QDQ, per-channel weights) and PyTorch PT2E.
+
+Calibration uses real photos, never noise: an image folder you give, or scikit-image's
+bundled sample photos (offline) with deterministic crops and flips. Dynamic int8 is not
+offered: measured here it is slower than fp32 for convnets.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgevision.export._deps import require
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# scikit-image photos that ship inside the wheel (no download needed).
+_SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+                  "immunohistochemistry", "colorwheel", "retina", "camera", "coins", "moon",
+                  "brick", "grass", "gravel", "logo")
+
+
+def _to_rgb(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8:
+        arr = (255 * (arr.astype(np.float32) / max(float(arr.max()), 1e-6))).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    return arr[..., :3]
+
+
+def _views(img, size: int) -> list:
+    """Deterministic views of one photo: center crop, four corner crops, and their mirror images."""
+    from PIL import Image
+
+    w, h = img.size
+    side = min(w, h)
+    boxes = [((w - side) // 2, (h - side) // 2)]
+    crop = int(side * 0.75)
+    boxes += [(0, 0), (w - crop, 0), (0, h - crop), (w - crop, h - crop)]
+    views = []
+    for i, (left, top) in enumerate(boxes):
+        s = side if i == 0 else crop
+        v = img.crop((left, top, left + s, top + s)).resize((size, size), Image.BILINEAR)
+        views += [v, v.transpose(Image.FLIP_LEFT_RIGHT)]
+    return views
+
+
+def _normalize(imgs: list, mean, std) -> torch.Tensor:
+    arr = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in imgs])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+    mean = torch.tensor(mean).view(1, 3, 1, 1)
+    std = torch.tensor(std).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def calibration_images(folder: str | Path | None = None, size: int = 224, n: int = 32,
+                       mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Up to ``n`` normalized (N, 3, size, size) images from ``folder`` or the bundled photos.
+
+    ``mean``/``std`` must be the model's own normalization (e.g. 0.5/0.5 for TF-trained weights).
+    """
+    from PIL import Image
+
+    imgs = []
+    if folder is not None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise NotADirectoryError(f"calibration folder {folder} is not a directory")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) under {folder}")
+        for f in files[:n]:
+            img = Image.open(f).convert("RGB")
+            imgs.append(_views(img, size)[0])  # center crop, as at evaluation
+    else:
+        from skimage import data
+
+        # Round-robin over photos (all center crops first, then corners, flips), so a small
+        # n still spans every scene rather than ten views of the first photo.
+        per_photo = [_views(Image.fromarray(_to_rgb(getattr(data, name)())), size) for name in _SAMPLE_PHOTOS]
+        imgs = [views[k] for k in range(len(per_photo[0])) for views in per_photo]
+    return _normalize(imgs[:n], mean, std)
+
+
+def top1_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of images whose arg-max class is the same in the two logit sets."""
+    return float((a.argmax(-1) == b.argmax(-1)).float().mean())
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over a tensor of images, one at a time."""
+
+    def __init__(self, input_name: str, images: torch.Tensor, batch: int):
+        self.input_name = input_name
+        self.batches = [images[i:i + batch].numpy() for i in range(0, len(images) - batch + 1, batch)]
+        self.pos = 0
+
+    def get_next(self):
+        if self.pos >= len(self.batches):
+            return None
+        self.pos += 1
+        return {self.input_name: self.batches[self.pos - 1]}
+
+    def rewind(self):
+        self.pos = 0
+
+
+def _cpu_has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
+
+
+def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: torch.Tensor,
+                         batch: int = 1, reduce_range: bool | None = None) -> Path:
+    """Static int8 ONNX (QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration).
+
+    Only Conv, Gemm and MatMul are quantized: they carry the compute, and leaving
+    LayerNormalization out avoids per-channel quantization of its weights along axis 1,
+    which ONNX Runtime rejects with a warning. ``batch`` must match a static input batch.
+    ``reduce_range`` (7-bit weights) defaults to on for x86 CPUs without VNNI, where ORT's
+    u8s8 kernels can saturate (its documented advice; measured here on pretrained
+    efficientnet_lite0: top-1 agreement 0.44 -> 0.53 on the sample photos).
+    """
+    q = require("onnxruntime.quantization", "onnx", "ONNX Runtime int8 quantization")
+    onnx = require("onnx", "onnx", "ONNX Runtime int8 quantization")
+    int8_path = Path(int8_path)
+    model = onnx.load(str(fp32_path))
+    input_name = model.graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmp:
+        # Shape inference + graph cleanup first, as ORT recommends, so QDQ pairs land right.
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        except Exception:
+            pre = Path(fp32_path)
+        q.quantize_static(
+            str(pre), str(int8_path), _Reader(input_name, images, batch),
+            quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+            reduce_range=(not _cpu_has_vnni()) if reduce_range is None else reduce_range,
+            op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+            calibrate_method=q.CalibrationMethod.MinMax,
+        )
+    return int8_path
+
+
+def quantize_pt2e(model: nn.Module, example: torch.Tensor, images: torch.Tensor) -> nn.Module:
+    """PyTorch int8 through the PT2E flow in torchao (X86 Inductor quantizer), calibrated on images.
+
+    Returns the converted graph module (reference quantized ops); compile it with inductor
+    to get fused int8 kernels.
+    """
+    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "quant", "PT2E int8 (torchao)")
+    xiq = require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "quant",
+                  "PT2E int8 (torchao)")
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    exported = torch.export.export(model.eval(), (example,), strict=False).module()
+    prepared = pt2e.prepare_pt2e(exported, quantizer)
+    batch = example.shape[0]
+    with torch.no_grad():
+        for i in range(0, len(images) - batch + 1, batch):
+            prepared(images[i:i + batch])
+    return pt2e.convert_pt2e(prepared)

@@ -1,0 +1,258 @@
+"""Benchmark models x runtimes x batch sizes and save CSV, JSON, Markdown and a PNG plot.
+
+Everything that can be wrong with the request (model names, runtime names, missing
+packages, the output folder) is checked before the first model is built, so a typo fails
+in a second rather than after minutes of timing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from edgevision.profiling.counting import count_macs, count_params
+from edgevision.profiling.runtimes import get_runtime
+from edgevision.profiling.timing import (
+    fixed_threads, machine_info, measure_latency, process_peak_memory, torch_peak_memory,
+)
+
+COLUMNS = [
+    "model", "runtime", "batch", "size", "threads", "params", "macs", "published_top1",
+    "median_ms", "p10_ms", "p90_ms", "throughput", "peak_mem_mb", "mem_method",
+    "max_abs_diff", "top1_agreement", "weights", "prepare_s", "error",
+]
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Create ``output_dir`` if needed and prove it is writable; raise a one-line error otherwise."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"output folder {out} is not writable ({e.strerror or e})") from None
+    return out
+
+
+def _validate(models, runtimes, batches, size, warmup, iters):
+    from edgevision.registry import model_info
+
+    for name in models:
+        model_info(name)  # raises UnknownModelError with suggestions
+    if not models:
+        raise ValueError("no models given; name some or use --all")
+    for r in runtimes:
+        get_runtime(r).check()  # unknown runtime -> ValueError, missing package -> MissingPackageError
+    if not batches or min(batches) < 1:
+        raise ValueError(f"batch sizes must be >= 1; got {batches}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1; got {size}")
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0; got iters={iters}, warmup={warmup}")
+
+
+def _normalization(name, model) -> dict:
+    """The model's input mean/std for calibration photos (depends on the weights' origin)."""
+    try:
+        from edgevision.inference import preprocess_config
+    except ImportError:
+        return {}
+    cfg = preprocess_config(name, getattr(model, "checkpoint_format", None))
+    return {k: cfg[k] for k in ("mean", "std") if k in cfg}
+
+
+def _measure_one(model, runtime, x, ref, warmup, iters) -> dict:
+    start = time.perf_counter()
+    fn = runtime.prepare(model, x)
+    row = dict(prepare_s=time.perf_counter() - start)
+    # Memory before the warm-up: a runtime's arena grows to its working size on the first run.
+    if runtime.memory == "torch":
+        row["peak_mem_mb"], row["mem_method"] = torch_peak_memory(fn, x) / 2**20, "torch-alloc"
+    else:
+        nbytes = process_peak_memory(fn, x)
+        row["peak_mem_mb"] = None if nbytes is None else nbytes / 2**20
+        row["mem_method"] = "rss-delta"
+    with torch.inference_mode():
+        out = fn(x)
+    row["max_abs_diff"] = float((out.float() - ref).abs().max())
+    row.update(measure_latency(fn, x, warmup=warmup, iters=iters))
+    if runtime.int8:
+        row["top1_agreement"] = _agreement(model, fn, runtime, x)
+    return row
+
+
+def _agreement(model, fn, runtime, x) -> float:
+    """Top-1 agreement of the int8 runtime with eager fp32 on the calibration/eval photos."""
+    from edgevision.export.quantize import top1_agreement
+
+    b = x.shape[0]
+    images = runtime.calibration_images(x.shape[-1], n=max(runtime.calib_count, b))
+    images = images[: (len(images) // b) * b]
+    with torch.inference_mode():
+        ref = torch.cat([model(images[i:i + b]) for i in range(0, len(images), b)])
+        got = torch.cat([fn(images[i:i + b]).float() for i in range(0, len(images), b)])
+    return top1_agreement(ref, got)
+
+
+def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224, threads=None,
+              warmup=10, iters=50, output_dir="bench-results", calibration=None,
+              compile_mode="default", progress=True, command=None, checkpoints=None) -> dict:
+    """Benchmark every (model, runtime, batch); returns {"machine", "settings", "results"}.
+
+    Results are also written to ``output_dir`` (bench.csv/json/md, bench.png) when it is
+    not None. ``threads`` fixes torch and ONNX Runtime intra-op threads (default: torch's).
+    ``checkpoints`` maps model names to weight files; other models run with random weights,
+    which is fine for speed, but then max|Δ| and int8 agreement say little (near-zero logits).
+    """
+    models, runtimes, batches = list(models), list(runtimes), [int(b) for b in batches]
+    _validate(models, runtimes, batches, size, warmup, iters)
+    checkpoints = dict(checkpoints or {})
+    for name, ckpt in checkpoints.items():
+        if name not in models:
+            raise ValueError(f"checkpoint given for {name!r}, which is not among the models {models}")
+        if not Path(ckpt).is_file():
+            raise FileNotFoundError(f"checkpoint {ckpt} for {name} does not exist")
+    out = check_output_dir(output_dir) if output_dir is not None else None
+    threads = threads or torch.get_num_threads()
+    from tqdm import tqdm
+
+    from edgevision.factory import create_model
+    from edgevision.registry import model_info
+
+    rows = []
+    steps = tqdm(total=len(models) * len(runtimes) * len(batches), disable=not progress,
+                 desc="bench", unit="run", file=sys.stderr)
+    with fixed_threads(threads):
+        for name in models:
+            model = create_model(name, checkpoint=checkpoints.get(name)).eval()
+            counts = dict(params=count_params(model), macs=count_macs(model, (1, 3, size, size)),
+                          published_top1=model_info(name).published_top1,
+                          weights=str(checkpoints[name]) if name in checkpoints else "random")
+            for batch in batches:
+                x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+                with torch.inference_mode():
+                    ref = model(x)
+                for rt_name in runtimes:
+                    steps.set_postfix_str(f"{name} {rt_name} b{batch}")
+                    runtime = get_runtime(rt_name, threads=threads, calibration=calibration,
+                                          compile_mode=compile_mode, **_normalization(name, model))
+                    row = dict(model=name, runtime=rt_name, batch=batch, size=size, threads=threads,
+                               **counts)
+                    try:
+                        row.update(_measure_one(model, runtime, x, ref, warmup, iters))
+                    except Exception as e:  # one failing runtime must not lose the others' results
+                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    rows.append({c: row.get(c) for c in COLUMNS})
+                    steps.update()
+    steps.close()
+    report = dict(
+        machine=machine_info(),
+        settings=dict(models=models, runtimes=runtimes, batches=batches, size=size, threads=threads,
+                      warmup=warmup, iters=iters, compile_mode=compile_mode,
+                      calibration=str(calibration) if calibration else "bundled sample photos",
+                      memory_note="torch-alloc: peak live tensor bytes in one forward (torch.profiler); "
+                                  "rss-delta: peak RSS growth over the first run (ONNX Runtime)",
+                      macs_note="multiply-adds per image, torch FlopCounterMode / 2, math SDPA"),
+        command=command or " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        results=rows,
+    )
+    if out is not None:
+        report["files"] = write_results(report, out)
+    return report
+
+
+def _fmt(v, digits=2):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 0.01 and v != 0 else f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = ["model", "runtime", "batch", "params", "macs", "median_ms", "p10_ms", "p90_ms",
+            "throughput", "peak_mem_mb", "max_abs_diff", "top1_agreement", "error"]
+    head = ["model", "runtime", "batch", "params (M)", "MACs (M)", "median ms", "p10 ms", "p90 ms",
+            "img/s", "peak MB", "max abs diff", "top-1 agree", "error"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = dict(r, params=r["params"] / 1e6 if r["params"] else None,
+                    macs=r["macs"] / 1e6 if r["macs"] else None)
+        lines.append("| " + " | ".join(_fmt(vals.get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def write_results(report: dict, out: Path) -> dict:
+    """bench.csv, bench.json, bench.md and bench.png under ``out``; returns their paths."""
+    rows = report["results"]
+    files = dict(csv=out / "bench.csv", json=out / "bench.json", md=out / "bench.md", png=out / "bench.png")
+    with open(files["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    files["json"].write_text(json.dumps(report, indent=2, default=str))
+    m = report["machine"]
+    s = report["settings"]
+    files["md"].write_text(
+        f"# edgevision bench\n\nCommand: `{report['command']}`\n\n"
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, load average {m['load_average_1_5_15']}; "
+        f"torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}. "
+        f"Threads: {s['threads']}; warm-up {s['warmup']}, timed runs {s['iters']}; input {s['size']}px.\n"
+        f"MACs: {s['macs_note']}. Peak memory: {s['memory_note']}.\n\n"
+        + markdown_table(rows) + "\n"
+    )
+    plot_results(rows, files["png"])
+    return {k: str(v) for k, v in files.items()}
+
+
+def plot_results(rows: list[dict], path: Path) -> None:
+    """Two panels at the smallest batch: latency vs MACs, and latency vs published top-1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("median_ms") is not None]
+    batch = min((r["batch"] for r in ok), default=1)
+    ok = [r for r in ok if r["batch"] == batch]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    labelled = set()  # name each model once, at its fastest runtime, to keep the plot readable
+    fastest = {}
+    for r in ok:
+        if r["model"] not in fastest or r["median_ms"] < fastest[r["model"]]["median_ms"]:
+            fastest[r["model"]] = r
+    for runtime in dict.fromkeys(r["runtime"] for r in ok):
+        rs = [r for r in ok if r["runtime"] == runtime]
+        axes[0].scatter([r["macs"] / 1e6 for r in rs], [r["median_ms"] for r in rs], label=runtime)
+        with_top1 = [r for r in rs if r.get("published_top1") is not None]
+        axes[1].scatter([r["median_ms"] for r in with_top1], [r["published_top1"] for r in with_top1],
+                        label=runtime)
+    for r in fastest.values():
+        if r["model"] in labelled:
+            continue
+        labelled.add(r["model"])
+        axes[0].annotate(r["model"], (r["macs"] / 1e6, r["median_ms"]), fontsize=7)
+        if r.get("published_top1") is not None:
+            axes[1].annotate(r["model"], (r["median_ms"], r["published_top1"]), fontsize=7)
+    axes[0].set(xlabel="MACs (M, multiply-adds)", ylabel=f"median latency (ms), batch {batch}",
+                title="Latency vs MACs")
+    axes[1].set(xlabel=f"median latency (ms), batch {batch}", ylabel="published ImageNet top-1 (%)",
+                title="Accuracy vs latency (up-left is better)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,103 @@
+"""`edgevision bench` end to end, its output files, and its one-line errors."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgevision.cli import main as cli_main
+from edgevision.profiling.bench import COLUMNS, check_output_dir, run_bench
+from edgevision.profiling.timing import measure_latency, torch_peak_memory
+
+TINY = ["mobilenetv3_small_075", "--size", "64", "--warmup", "1", "--iters", "3", "--threads", "1",
+        "--no-progress"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgevision", "bench", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_bench_cli_writes_all_outputs(tmp_path):
+    out = tmp_path / "res"
+    proc = _cli(*TINY, "--runtime", "eager,onnxruntime", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("bench.csv", "bench.json", "bench.md", "bench.png"):
+        assert (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader(open(out / "bench.csv")))
+    assert list(rows[0]) == COLUMNS
+    assert [r["runtime"] for r in rows] == ["eager", "onnxruntime"]
+    for r in rows:
+        assert float(r["median_ms"]) > 0 and float(r["p10_ms"]) <= float(r["p90_ms"])
+        assert float(r["throughput"]) > 0 and int(r["params"]) > 1e6 and int(r["macs"]) > 1e6
+        assert float(r["max_abs_diff"]) < 1e-3 and not r["error"]
+    report = json.loads((out / "bench.json").read_text())
+    assert report["machine"]["versions"]["torch"] and "load_average_1_5_15" in report["machine"]
+    assert report["settings"]["threads"] == 1
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert "mobilenetv3_small_075" in proc.stdout and "bench.png" in proc.stdout
+
+
+def test_bench_cli_unknown_model_subprocess(tmp_path):
+    proc = _cli("mobilenetv3_larg_100", "--runtime", "eager", "--output", str(tmp_path / "o"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "unknown model" in lines[0] and "mobilenetv3_large_100" in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["mobilenetv3_small_075", "--runtime", "eager,tensorrt"], "unknown runtime 'tensorrt'"),
+    (["mobilenetv3_small_075", "--batch", "one"], "--batch takes comma-separated integers"),
+    (["--runtime", "eager"], "no models given"),
+])
+def test_bench_cli_bad_input(args, message, tmp_path, capsys):
+    rc = cli_main(["bench", *args, "--output", str(tmp_path / "o")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "o" / "bench.csv").exists()
+
+
+def test_bench_unwritable_output_fails_before_running(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    rc = cli_main(["bench", *TINY, "--output", str(blocker / "sub")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not writable" in err and len(err.strip().splitlines()) == 1
+    rc = cli_main(["bench", *TINY, "--output", str(blocker)])
+    assert rc == 2 and "not a directory" in capsys.readouterr().err
+
+
+def test_bench_missing_package_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    rc = cli_main(["bench", *TINY, "--runtime", "eager,onnxruntime", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install 'edgevision[onnx]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_bench_library_call():
+    report = run_bench(["mobilenetv3_small_075"], ["eager", "fused"], [1, 2], size=64, threads=1,
+                       warmup=1, iters=2, output_dir=None, progress=False)
+    rows = report["results"]
+    assert [(r["runtime"], r["batch"]) for r in rows] == [("eager", 1), ("fused", 1), ("eager", 2), ("fused", 2)]
+    assert all(r["error"] is None and r["max_abs_diff"] < 1e-4 for r in rows)
+    assert rows[2]["peak_mem_mb"] > rows[0]["peak_mem_mb"] > 0  # twice the batch, more activations
+
+
+def test_latency_stats_and_memory():
+    x = torch.randn(4, 8)
+    stats = measure_latency(lambda t: t @ t.T, x, warmup=1, iters=9)
+    assert stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+    assert stats["throughput"] == pytest.approx(4 / (stats["median_ms"] / 1e3))
+    # A forward holding two 1 MiB temporaries at once peaks at >= 2 MiB of live tensors.
+    peak = torch_peak_memory(lambda t: (t + 1) * (t + 2), torch.zeros(256, 1024))
+    assert peak >= 2 * 2**20
+    with pytest.raises(ValueError, match="iters"):
+        measure_latency(lambda t: t, x, iters=0)
+
+
+def test_check_output_dir_creates(tmp_path):
+    assert check_output_dir(tmp_path / "a" / "b").is_dir()
