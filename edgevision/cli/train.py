@@ -1,0 +1,110 @@
+"""`edgevision train MODEL --data DIR ...` (also under torchrun) and `edgevision sample-data DIR`.
+
+Every option defaults to None here, so only what the user types overrides the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _scale(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI such as 0.08,1.0; got {text!r}") from None
+    return lo, hi
+
+
+def add_parser(sub) -> None:
+    from edgevision.training.recipes import list_recipes
+
+    p = sub.add_parser("train", help="train or fine-tune a model on an image folder (torchrun-ready)",
+                       description="Train MODEL on an ImageFolder (DIR/<class>/<images>, or DIR/train "
+                       "and DIR/val). Under `torchrun --nproc-per-node N -m edgevision train ...` it runs "
+                       "DistributedDataParallel; --batch-size is per process. Reruns continue from "
+                       "OUTPUT/last.pth.")
+    p.add_argument("model", help="model name, e.g. mobilenetv3_small_075")
+    p.add_argument("--data", help="ImageFolder root (omit with --recipe demo: bundled Fashion-MNIST sample)")
+    p.add_argument("--output", default=None, help="run folder (default runs/train/MODEL)")
+    p.add_argument("--recipe", choices=list_recipes(), help="named defaults: " + ", ".join(list_recipes()))
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="per process")
+    g.add_argument("--lr", type=float, help="absolute lr (default: recipe lr scaled to the global batch)")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup-epochs", type=int)
+    g.add_argument("--min-lr", type=float)
+    g.add_argument("--opt", help="timm optimizer name (default adamw)")
+    g.add_argument("--sched", help="timm scheduler name (default cosine)")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--drop-path", type=float)
+    g.add_argument("--clip-grad", type=float, help="max gradient norm")
+    g.add_argument("--ema", action="store_true", default=None, help="keep a timm ModelEmaV3 and evaluate it")
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--amp", nargs="?", const="auto", help="mixed precision: auto (bf16 on CPU), bf16 or fp16")
+    g.add_argument("--channels-last", action="store_true", default=None)
+    g.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under torchrun")
+    g = p.add_argument_group("data")
+    g.add_argument("--img-size", type=int)
+    g.add_argument("--workers", type=int, help="DataLoader workers per process")
+    g.add_argument("--auto-augment", help="rand-m9-mstd0.5 (RandAugment), trivialaugment, ...")
+    g.add_argument("--mixup", type=float, help="Mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=float, help="CutMix alpha (0 = off)")
+    g.add_argument("--crop-scale", type=_scale, help="RandomResizedCrop scale LO,HI")
+    g.add_argument("--val-fraction", type=float, help="held-out share when there is no val/ folder")
+    g.add_argument("--scan", choices=["auto", "full", "header"],
+                   help="check images at start: full decode, headers only, auto (full up to 50k files)")
+    g = p.add_argument_group("fine-tuning and runs")
+    g.add_argument("--checkpoint", help="pretrained weights: all but the classifier are loaded, new head")
+    g.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
+    g.add_argument("--head-width-scale", type=float,
+                   help="re-initialise a narrower pre-logits layer, e.g. 0.5 (MobileNetV3's head_fc)")
+    g.add_argument("--resume", nargs="?", const="auto",
+                   help="checkpoint file/folder to continue from (default: OUTPUT/last.pth when present)")
+    g.add_argument("--no-resume", dest="resume", action="store_const", const="none",
+                   help="start afresh even when OUTPUT/last.pth exists (it is overwritten)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--deterministic", action="store_true", default=None)
+    g.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    g.add_argument("--threads", type=int, help="torch threads per process")
+    g.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
+    g.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.set_defaults(func=run)
+
+    s = sub.add_parser("sample-data", help="write the bundled Fashion-MNIST sample as an ImageFolder tree")
+    s.add_argument("output", help="folder to create (DIR/train/<class>/*.png, DIR/val/...)")
+    s.add_argument("--train-per-class", type=int, default=200)
+    s.add_argument("--val-per-class", type=int, default=100)
+    s.add_argument("--source", choices=["auto", "full", "vendored"], default="auto",
+                   help="full Fashion-MNIST when installed (auto), or the bundled subset")
+    s.set_defaults(func=run_sample_data)
+
+
+_NOT_CONFIG = {"command", "func", "model", "recipe"}
+
+
+def run(args) -> int:
+    from edgevision.registry import model_info
+    from edgevision.training import make_config, train
+
+    model_info(args.model)  # unknown names fail before any data is read
+    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    if overrides.get("output") is None:
+        overrides["output"] = f"runs/train/{args.model}"
+    cfg = make_config(args.model, args.recipe, **overrides)
+    summary = train(cfg)
+    if summary.get("interrupted"):
+        return 130
+    return 0
+
+
+def run_sample_data(args) -> int:
+    from edgevision.training.data import load_fashion_mnist, prepare_sample_dataset
+
+    _, source = load_fashion_mnist(args.source)
+    root = prepare_sample_dataset(args.output, args.train_per_class, args.val_per_class, args.source)
+    print(f"wrote Fashion-MNIST ({source} set, MIT licence) as ImageFolder: {root}/train "
+          f"({args.train_per_class}/class), {root}/val ({args.val_per_class}/class)")
+    return 0

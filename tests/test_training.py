@@ -1,0 +1,193 @@
+"""Training engine: learning, exact crash recovery, torchrun/DDP, fine-tuning, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import edgevision
+from edgevision.checkpoints import CheckpointError
+from edgevision.training import make_config, prepare_sample_dataset, train
+
+MODEL = "mobilenetv3_small_075"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Real Fashion-MNIST images as an ImageFolder: 4 train + 2 val per class."""
+    return prepare_sample_dataset(tmp_path_factory.mktemp("fm_tiny"), train_per_class=4, val_per_class=2)
+
+
+def _tiny(data, out, **kw):
+    base = dict(model=MODEL, data=str(data), output=str(out), img_size=32, batch_size=8, epochs=2,
+                workers=0, threads=1, deterministic=True, progress=False, lr=2e-3, warmup_epochs=1,
+                label_smoothing=0.0, resume="auto", drop_path=0.1)
+    base.update(kw)
+    return base
+
+
+def _cli(args, env_extra=None, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "edgevision", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _tiny_argv(data, out):
+    return ["train", MODEL, "--data", str(data), "--output", str(out), "--img-size", "32",
+            "--batch-size", "8", "--epochs", "2", "--workers", "0", "--threads", "1",
+            "--deterministic", "--no-progress", "--lr", "2e-3", "--warmup-epochs", "1",
+            "--label-smoothing", "0", "--drop-path", "0.1"]
+
+
+@pytest.mark.slow
+def test_short_run_lowers_loss_and_beats_chance(tmp_path):
+    data = prepare_sample_dataset(tmp_path / "fm", train_per_class=30, val_per_class=10)
+    # Many small steps: BatchNorm's running statistics need ~100 updates before eval works.
+    s = train(dict(model=MODEL, data=str(data), output=str(tmp_path / "run"), img_size=32,
+                   batch_size=10, epochs=5, lr=3e-3, warmup_epochs=0, workers=0, threads=1,
+                   crop_scale=(0.7, 1.0), color_jitter=0.0, label_smoothing=0.0, progress=False))
+    assert s["final_train_loss"] < 0.8 * s["first_train_loss"]
+    assert s["final_val_top1"] > 2 * s["chance_top1"], s  # 100 held-out test images, 10 classes
+    out = tmp_path / "run"
+    for f in ("log.csv", "log.json", "curves.png", "summary.json", "last.pth", "model.safetensors"):
+        assert (out / f).is_file(), f
+    assert len(json.loads((out / "log.json").read_text())) == 5
+    # The exported weights load through create_model; the checkpoint is pickle-free.
+    m = edgevision.create_model(MODEL, num_classes=10, checkpoint=str(out / "model.safetensors"))
+    assert m.num_classes == 10
+    st = torch.load(out / "last.pth", weights_only=True)
+    assert st["epoch"] == 5 and st["model_name"] == MODEL and st["num_classes"] == 10
+    assert {"python", "numpy", "torch"} <= set(st["rng"]) and st["optimizer"]["state"]
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigkill_then_resume_equal_uninterrupted_run(tiny_data, tmp_path):
+    ref = train(_tiny(tiny_data, tmp_path / "ref"))
+    ref_w = load_file(ref["weights"])
+    out = tmp_path / "crashy"
+    argv = _tiny_argv(tiny_data, out)
+    # Polite stop mid-epoch 1 (after step 3 of 5): checkpoint at that step, exit 130.
+    r = _cli(argv, {"EDGEVISION_KILL_AFTER_STEPS": "3", "EDGEVISION_KILL_SIGNAL": "TERM"})
+    assert r.returncode == 130, r.stderr[-2000:]
+    st = torch.load(out / "last.pth", weights_only=True)
+    assert (st["epoch"], st["step_in_epoch"]) == (0, 3)
+    # Resume, then a hard crash mid-epoch 2 (global step 7): the epoch-1 checkpoint survives.
+    r = _cli(argv, {"EDGEVISION_KILL_AFTER_STEPS": "7"})
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert "resume:" in r.stdout
+    st = torch.load(out / "last.pth", weights_only=True)
+    assert (st["epoch"], st["step_in_epoch"]) == (1, 0)
+    # Auto-resume from the output folder to the end.
+    r = _cli(argv)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = load_file(out / "model.safetensors")
+    assert got.keys() == ref_w.keys()
+    diff = [k for k in ref_w if not torch.equal(ref_w[k], got[k])]
+    assert not diff, f"{len(diff)} tensors differ after resume, e.g. {diff[:3]}"
+    log = json.loads((out / "log.json").read_text())
+    assert [h["epoch"] for h in log] == [1, 2]
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo_run(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "edgevision", *_tiny_argv(tiny_data, out)[:-2], "--batch-size", "4", "--epochs", "1",
+           "--device", "cpu", "--sync-bn"]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert "2 process(es) x batch 4 = 8" in r.stdout
+    assert r.stdout.count("epoch 1/1: train loss") == 1  # rank 0 logs alone
+    assert "SyncBatchNorm runs on GPUs only" in r.stdout
+    st = torch.load(out / "last.pth", weights_only=True)
+    assert st["world_size"] == 2 and st["epoch"] == 1
+    assert not any(k.startswith("module.") for k in st["model"])
+    m = edgevision.create_model(MODEL, num_classes=10)
+    m.load_state_dict(st["model"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 8
+
+
+def test_finetune_new_head_frozen_backbone_and_resume_mismatch(tiny_data, tmp_path):
+    base = train(_tiny(tiny_data, tmp_path / "base", epochs=1, deterministic=False))
+    # A 3-class data set: fine-tune from the 10-class weights with a new head.
+    import shutil
+
+    three = tmp_path / "three"
+    for split in ("train", "val"):
+        for c in sorted(os.listdir(tiny_data / split))[:3]:
+            shutil.copytree(tiny_data / split / c, three / split / c)
+    ft = train(_tiny(three, tmp_path / "ft", epochs=1, checkpoint=base["weights"], freeze_backbone=True,
+                     batch_size=4))
+    before, after = load_file(base["weights"]), load_file(ft["weights"])
+    head = [k for k in after if after[k].shape != before[k].shape]
+    assert head and all(k.startswith("classifier") for k in head), head
+    frozen = [k for k in after if k not in head and not k.endswith("num_batches_tracked")]
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert ft["num_classes"] == 3
+    # Halved pre-logits head (1024 -> 512 for MobileNetV3): fine-tunes, and eval rebuilds it.
+    half = train(_tiny(three, tmp_path / "half", epochs=1, checkpoint=base["weights"], batch_size=4,
+                       head_width_scale=0.5))
+    w = load_file(half["weights"])
+    assert w["head_fc.weight"].shape[0] == before["head_fc.weight"].shape[0] // 2
+    from edgevision.training import evaluate
+
+    assert evaluate(MODEL, str(three), half["weights"], str(tmp_path / "ev"), workers=0)["num_images"] == 6
+    with pytest.raises(ValueError, match="pre-logits head"):
+        train(_tiny(three, tmp_path / "v2", epochs=1, model="mobilenetv2_035", head_width_scale=0.5))
+    # Resuming the 3-class run folder with 10-class data, or another model, fails clearly.
+    with pytest.raises(CheckpointError, match="num_classes=3"):
+        train(_tiny(tiny_data, tmp_path / "ft", epochs=1))
+    with pytest.raises(CheckpointError, match="checkpoint is for model"):
+        train(_tiny(three, tmp_path / "ft", epochs=1, model="mobilenetv2_035"))
+
+
+@pytest.mark.slow
+def test_config_and_input_errors(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="unknown training option"):
+        make_config(MODEL, bogus=1)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        make_config(MODEL, recipe="nope")
+    assert make_config(MODEL, "emo_imagenet").lr_base == 6e-3
+    with pytest.raises(ValueError, match="--data DIR is required"):
+        train(dict(model=MODEL, output=str(tmp_path / "x")))
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        train(dict(model=MODEL, data=str(tmp_path / "missing"), output=str(tmp_path / "x")))
+    with pytest.raises(ValueError, match="exceeds the"):
+        train(_tiny(tiny_data, tmp_path / "big", batch_size=1000))
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        train(_tiny(tiny_data, tmp_path / "amp", amp="fp16", device="cpu"))
+    r = _cli(["train", "no_such_model", "--data", str(tiny_data)])
+    assert r.returncode == 2 and "unknown model" in r.stderr
+
+
+def test_options_smoke_ema_bf16_mixup_channels_last(tiny_data, tmp_path, capsys):
+    s = train(_tiny(tiny_data, tmp_path / "opts", epochs=1, ema=True, ema_decay=0.9, amp="bf16",
+                    mixup=0.8, cutmix=1.0, channels_last=True, auto_augment="trivialaugment",
+                    clip_grad=1.0, max_steps_per_epoch=2, deterministic=False, tensorboard=True))
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "tensorboard: not installed" in capsys.readouterr().out
+    else:
+        assert (tmp_path / "opts" / "tensorboard").is_dir()
+    assert s["ema_weights"] and os.path.isfile(s["ema_weights"])
+    st = torch.load(tmp_path / "opts" / "last.pth", weights_only=True)
+    assert st["ema"] is not None and st["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_demo_recipe_cli_uses_bundled_sample(tmp_path):
+    out = tmp_path / "demo"
+    r = _cli(["train", MODEL, "--recipe", "demo", "--output", str(out), "--epochs", "1",
+              "--max-steps-per-epoch", "2", "--workers", "0", "--img-size", "32", "--threads", "1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bundled Fashion-MNIST sample" in r.stdout
+    assert (out / "data" / "train" / "sandal").is_dir() and (out / "model.safetensors").is_file()
