@@ -25,12 +25,19 @@ def test_list_json_has_every_model_with_counts(model_stats):
     # counts come from the real models, and agree with the reference where it has the model
     assert by_name["emo_1m"]["params"] == model_stats["emo_1m"]["params"]
     assert by_name["mobilenetv3_large_100"]["macs"] == model_stats["timm_mobilenetv3_large_100"]["flops_torch"] // 2
+    # MACs at each model's own input size (the one its published MACs refer to)
+    assert by_name["emo_1m"]["input_size"] == [224, 224]
+    assert by_name["tiny_moat_0"]["input_size"] == [256, 256]
+    at_224 = {r["name"]: r for r in json.loads(cli("list", "tiny_moat_0", "--size", "224", "--json").stdout)}
+    assert at_224["tiny_moat_0"]["input_size"] == [224, 224]
+    assert at_224["tiny_moat_0"]["macs"] < by_name["tiny_moat_0"]["macs"]
 
 
 def test_list_table_and_filter():
     out = cli("list", "emo*").stdout
     assert "emo_1m" in out and "emo_6m" in out and "edgevit" not in out
     assert "1.36M" in out  # emo_1m params, counted
+    assert "efficientformer_l1" in cli("list", "--family", "efficientformer").stdout  # names never cut
 
 
 def test_info_table_and_json():

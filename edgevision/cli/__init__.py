@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgevision {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{mod_name}")
-        except ModuleNotFoundError as e:  # subcommand still being written
-            if e.name != f"{__name__}.{mod_name}":
-                raise
-            continue
-        mod.add_parser(sub)
+        importlib.import_module(f"{__name__}.{mod_name}").add_parser(sub)
     return parser
 
 

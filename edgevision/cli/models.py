@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from edgevision.cli._console import console
 from edgevision.factory import create_model
 from edgevision.profiling.counting import count_macs, count_params, module_summary
 from edgevision.registry import list_models, model_info
@@ -16,7 +17,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("list", help="list models with params, MACs and paper top-1")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'emo*'")
     p.add_argument("--family", help="only this family (e.g. emo, edgevit, mobilenetv3)")
-    p.add_argument("--size", type=int, default=224, help="input side for the MAC count (default 224)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input side for the MAC count (default: each model's own size, "
+                   "the one its published MACs refer to: 224, or 256 for tiny-MOAT)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_list)
 
@@ -46,17 +49,23 @@ def _meta_model(name: str):
         return create_model(name)
 
 
-def zoo_rows(pattern: str = "*", family: str | None = None, size: int = 224) -> list[dict]:
+def zoo_rows(pattern: str = "*", family: str | None = None, size: int | None = None) -> list[dict]:
+    """One row per model: measured params and MACs next to the published figures.
+
+    MACs are counted at ``size`` when given, else at the model's own input size.
+    """
     rows = []
     for name in list_models(pattern, family=family):
         info = model_info(name)
         model = _meta_model(name)
+        h, w = (size, size) if size else info.input_size[1:]
         rows.append(
             dict(
                 name=name,
                 family=info.family,
+                input_size=[h, w],
                 params=count_params(model),
-                macs=count_macs(model, (1, 3, size, size)),
+                macs=count_macs(model, (1, 3, h, w)),
                 published_params=info.published_params,
                 published_macs=info.published_macs,
                 published_top1=info.published_top1,
@@ -66,7 +75,12 @@ def zoo_rows(pattern: str = "*", family: str | None = None, size: int = 224) -> 
 
 
 def _m(v) -> str:
-    return "-" if v is None else f"{v / 1e6:,.2f}M"
+    """Compact millions/billions: 5.48M, 551M, 1.91G."""
+    if v is None:
+        return "-"
+    if v >= 1e9:
+        return f"{v / 1e9:.2f}G"
+    return f"{v / 1e6:.2f}M" if v < 1e8 else f"{v / 1e6:.0f}M"
 
 
 def run_list(args) -> int:
@@ -77,17 +91,19 @@ def run_list(args) -> int:
     if not rows:
         print(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
         return 1
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"edgevision models (MACs = multiply-adds at {args.size}x{args.size})")
-    for col in ("model", "family", "params", "MACs", "paper params", "paper MACs", "paper top-1"):
-        table.add_column(col, justify="left" if col in ("model", "family") else "right")
+    where = f"{args.size}x{args.size}" if args.size else "each model's input size"
+    table = Table(title=f"edgevision models (MACs = multiply-adds at {where})")
+    for col in ("model", "family", "input", "params", "MACs", "paper params", "paper MACs",
+                "paper top-1"):
+        table.add_column(col, justify="left" if col in ("model", "family") else "right",
+                         no_wrap=col == "model")
     for r in rows:
         top1 = "-" if r["published_top1"] is None else f"{r['published_top1']:.1f}"
-        table.add_row(r["name"], r["family"], _m(r["params"]), _m(r["macs"]),
-                      _m(r["published_params"]), _m(r["published_macs"]), top1)
-    Console().print(table)
+        table.add_row(r["name"], r["family"], "x".join(map(str, r["input_size"])), _m(r["params"]),
+                      _m(r["macs"]), _m(r["published_params"]), _m(r["published_macs"]), top1)
+    console().print(table)
     return 0
 
 
@@ -103,10 +119,9 @@ def run_info(args) -> int:
     if args.json:
         print(json.dumps(dict(metadata=meta, input_size=[h, w], stages=stages, total=total), indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    out = console()
     table = Table(title=f"{args.name} at {h}x{w}")
     for col in ("module", "type", "output shape", "params", "MACs"):
         table.add_column(col, justify="right" if col in ("params", "MACs") else "left")
@@ -114,7 +129,7 @@ def run_info(args) -> int:
         shape = "x".join(map(str, r["output_shape"])) or "-"
         table.add_row(r["module"], r["type"], shape, f"{r['params']:,}", f"{r['macs']:,}")
     table.add_row("total", "", "", f"{total['params']:,}", f"{total['macs']:,}", style="bold")
-    console.print(table)
+    out.print(table)
     meta_table = Table(show_header=False, title="metadata")
     for key in ("family", "paper", "published_params", "published_macs", "published_top1",
                 "published_source", "weights_url", "checkpoint_formats", "notes"):
@@ -124,5 +139,5 @@ def run_info(args) -> int:
         meta_table.add_row(key, "-" if value in (None, "") else str(value))
     feats = ", ".join(f"{d['num_chs']}ch/{d['reduction']}x" for d in model.feature_info)
     meta_table.add_row("features_only", feats)
-    console.print(meta_table)
+    out.print(meta_table)
     return 0

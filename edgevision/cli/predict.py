@@ -26,13 +26,14 @@ def run(args) -> int:
         print(json.dumps([dict(rank=r + 1, class_index=i, class_name=n, probability=p)
                           for r, (i, n, p) in enumerate(rows)], indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from edgevision.cli._console import console
 
     table = Table(title=f"{args.name} on {args.image} (weights: {model.checkpoint_format})")
     for col in ("rank", "class", "name", "probability"):
         table.add_column(col, justify="left" if col == "name" else "right")
     for r, (i, n, p) in enumerate(rows):
         table.add_row(str(r + 1), str(i), n, f"{p:.1%}")
-    Console().print(table)
+    console().print(table)
     return 0

@@ -11,12 +11,14 @@ Faithfulness notes (verified against official logits, max |d| <= 2e-6):
 - The official "sampler" is AvgPool2d(kernel 1, stride r): pure strided picking, done here
   as a slice ``x[:, :, ::r, ::r]``. Norm eps: patch-embed LN 1e-5, block LN 1e-6, attention
   LN 1e-5, BN 1e-5 (torch defaults where the official code uses them).
-- **Input size.** The official code asserts its build size (224, square). Here any size
-  >= 32 runs, no padding: each patch-embedding conv floors like any strided conv (sides that
-  are not multiples of 32 lose their last <32 pixels at the bottom/right, as a stride-32 CNN
-  would), and where a map side is not a multiple of r the sampler takes ceil(side / r)
-  pixels and the LocalProp output is cropped back. At multiples of 32 this is exactly the
-  official computation.
+- **Input size: padding.** The official code asserts its build size (224, square). Here any
+  input with sides >= 32 runs, square or not: each patch-embedding conv first zero-pads its
+  input at the bottom/right to a multiple of its patch size (4, then 2, 2, 2), so no pixel is
+  dropped and stage i has ceil(H / 2^(i+2)) x ceil(W / 2^(i+2)) tokens, as a stride-2^(i+2)
+  CNN with "same" padding would. Where a map side is not a multiple of the sample ratio r, the
+  sampler takes ceil(side / r) pixels and the LocalProp output is cropped back. At sides that
+  are multiples of 32 nothing is padded or cropped: exactly the official computation (the
+  parity fixture is 224x224). Sides below 32 raise ``InputShapeError``.
 - **EdgeViT-S** follows the official code: depths 1,2,5,3 give 13.1M parameters, while the
   paper's table says 11.1M (MACs 1.9G agree). The repository publishes no weights.
 - ``drop_rate`` is dropout before the classifier (the official code applies it inside the
@@ -52,14 +54,19 @@ BLOCK_LN_EPS = 1e-6  # the blocks' norm_layer; patch-embed and attention LNs kee
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping kxk/s=k conv with bias, then LayerNorm over channels (eps 1e-5)."""
+    """Zero-pad bottom/right to a multiple of k, kxk/s=k conv with bias, channel LayerNorm (eps 1e-5)."""
 
     def __init__(self, dim_in: int, dim_out: int, patch: int):
         super().__init__()
+        self.patch = patch
         self.norm = nn.LayerNorm(dim_out)  # registered first, as official (key order)
         self.proj = nn.Conv2d(dim_in, dim_out, patch, patch)
 
     def forward(self, x):
+        # Unconditional (a no-op amount at multiples of the patch): shape arithmetic only, so
+        # traced/exported graphs keep the padding for other input sizes.
+        p = self.patch
+        x = F.pad(x, (0, (-x.shape[3]) % p, 0, (-x.shape[2]) % p))
         x = self.proj(x).permute(0, 2, 3, 1)
         return self.norm(x).permute(0, 3, 1, 2)
 
@@ -196,8 +203,8 @@ class EdgeViT(EdgeModel):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.num_features = dims[-1]
-        self.min_input_size = 32  # final map at least 1x1
-        self.input_multiple = 1  # any size >= 32 (see module docstring)
+        self.min_input_size = 32  # policy: at least one stride-32 cell per side
+        self.input_multiple = 1  # any size >= 32: the patch embeddings pad (module docstring)
         n_blocks = sum(depths)  # linear schedule, in Python so that meta-device builds work
         dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
         stages, dim_prev, n = [], in_chans, 0
@@ -270,8 +277,9 @@ def convert_official_checkpoint(state_dict: dict) -> dict:
 
 
 _PAPER = "EdgeViTs: Competing Light-weight CNNs on Mobile Devices with Vision Transformers (ECCV 2022)"
-_NOTES = ("Any input size >= 32 (official code: its square build size only); exact official "
-          "computation at multiples of 32. MACs are multiply-adds. The official repo publishes no weights.")
+_NOTES = ("Any input size >= 32 (official code: its square build size only): each patch embedding "
+          "zero-pads bottom/right to its patch multiple; exact official computation at multiples "
+          "of 32. MACs are multiply-adds. The official repo publishes no weights.")
 _CONVERTERS = {"official": convert_official_checkpoint}
 
 
