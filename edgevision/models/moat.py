@@ -20,15 +20,23 @@ Facts taken from the deeplab2 configuration:
   padding (bottom/right for even maps) so TF checkpoints would map one to one.
 
 Built: the variant **with** relative position embedding (deeplab2's default
-'2d_multi_head'): the published ImageNet numbers (3.4/5.1/9.8/19.5M) are for it.
+'2d_multi_head'): the published ImageNet numbers (3.4/5.1/9.8/19.5M) are for it. Parameter
+counts cannot tell the two apart (the (2P-1)^2-per-head tables add only 23k/29k/40k/58k
+parameters, 0.3-0.7%; both variants land within 2% of both published columns).
+The shortcut pool is 3x3: deeplab2's get_model default (the block class defaults to 2x2);
+it has no parameters and is not counted as MACs.
 
-Attention extent (``attn_mode``):
-- "window" (default, deeplab2's window_size [[14, 14], [7, 7]]): where the map fits in the
-  P x P window (e.g. 224 px: 14x14 and 7x7) the attention is global; larger maps are split
-  into P x P windows, zero-padded bottom/right to multiples of P with padded keys masked
-  out, so the stored P x P bias applies unchanged.
-- "global" (deeplab2's classification mode, used for the 256 px ImageNet numbers): one
-  window covering the whole map, bias resized to the map size.
+Attention extent (``attn_mode``, ``window_size``):
+- "window" (default): where the map fits in the window the attention is global; larger maps
+  are split into windows, zero-padded bottom/right to multiples of the window with padded
+  keys masked out, the bias table resized bilinearly to the window. The default windows are
+  16x16 (stride 16) and 8x8 (stride 32): the map sizes at 256 px, the resolution of the
+  published figures, so 224 and 256 px are global attention exactly as published
+  (tiny-MOAT-0 at 256: 1.04 GMACs; published 1.1) and larger inputs (the detection /
+  segmentation setting the paper uses windows for) are windowed. deeplab2's downstream
+  default is 14/7 (the 224 px map sizes): ``window_size=(14, 7)`` gives it; at 256 px it pads
+  16x16 maps into 2x2 windows of mostly padding (1.52 GMACs) and is not the published model.
+- "global": one window covering the whole map at every size.
 Inputs must be multiples of 32 (every stride-2 step then halves an even map exactly).
 """
 
@@ -37,6 +45,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 
 from edgevision.models.base import EdgeModel
 from edgevision.registry import register_model
@@ -48,7 +57,10 @@ CFGS = {
     "tiny_moat_3": dict(stem=80, dims=(80, 160, 320, 640)),
 }
 DEPTHS = (2, 3, 7, 2)
-POS_SIZE = (None, None, 14, 7)  # relative-position grid (= default window) per stage
+POS_SIZE = (None, None, 14, 7)  # relative-position grid per stage (deeplab2's table shapes)
+# Default attention window per stage: the map size at the 256 px input of the published
+# figures (stride 16 and 32), so that 224 and 256 px are global attention, as published.
+WINDOW = (None, None, 16, 8)
 BN_EPS = 1e-3
 LN_EPS = 1e-5
 
@@ -63,18 +75,6 @@ def same_pad(x, k: int, s: int):
     ph = max((-(-h // s) - 1) * s + k - h, 0)
     pw = max((-(-w // s) - 1) * s + k - w, 0)
     return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-
-
-class DropPath(nn.Module):
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        return x * x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep) / keep
 
 
 class SqueezeExcite(nn.Module):
@@ -158,12 +158,13 @@ class RelPosAttention(nn.Module):
 class MOATBlock(nn.Module):
     """MBConv (no SE) then x += Attn(LN(x)), global or in P x P windows."""
 
-    def __init__(self, cin, cout, stride, pos_size, attn_mode, expansion=4, head_size=32, drop_path=0.0):
+    def __init__(self, cin, cout, stride, pos_size, attn_mode, window=None, expansion=4, head_size=32,
+                 drop_path=0.0):
         super().__init__()
         self.mbconv = MBConv(cin, cout, stride, expansion, se_ratio=None, drop_path=drop_path)
         self.norm = nn.LayerNorm(cout, eps=LN_EPS)
         self.attn = RelPosAttention(cout, head_size, pos_size)
-        self.window = pos_size
+        self.window = window or pos_size
         self.attn_mode = attn_mode
         self.drop_path = DropPath(drop_path)
 
@@ -205,12 +206,14 @@ class Stem(nn.Module):
 
 class MOAT(EdgeModel):
     def __init__(self, cfg: dict, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, attn_mode: str = "window", pool_size: int = 3, **kwargs):
+                 drop_path_rate: float = 0.0, attn_mode: str = "window", window_size=WINDOW[2:],
+                 pool_size: int = 3, **kwargs):
         super().__init__()
         if kwargs:
             raise TypeError(f"MOAT got unexpected arguments: {sorted(kwargs)}")
         if attn_mode not in ("window", "global"):
             raise ValueError(f"attn_mode must be 'window' or 'global', got {attn_mode!r}")
+        window_size = (None, None, *window_size)
         if pool_size != 3:
             raise ValueError(f"only the 3x3 shortcut pool of the released models is built, got {pool_size}")
         dims = cfg["dims"]
@@ -230,7 +233,8 @@ class MOAT(EdgeModel):
                 if POS_SIZE[i] is None:
                     blocks.append(MBConv(prev, c, stride, drop_path=dp))
                 else:
-                    blocks.append(MOATBlock(prev, c, stride, POS_SIZE[i], attn_mode, drop_path=dp))
+                    blocks.append(MOATBlock(prev, c, stride, POS_SIZE[i], attn_mode, window_size[i],
+                                            drop_path=dp))
                 prev, k = c, k + 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -263,9 +267,10 @@ class MOAT(EdgeModel):
 
 _PAPER = "MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models (ICLR 2023)"
 _NOTES = ("Built with relative position embedding (published params 3.4/5.1/9.8/19.5M with it). "
-          "Inputs: multiples of 32. attn_mode='window' (default): global up to 14x14 / 7x7 maps "
-          "(224 px), P x P windows (padded, masked) beyond; attn_mode='global': whole-map attention "
-          "with resized bias (the paper's 256 px setting). No released PyTorch weights.")
+          "Inputs: multiples of 32. Global attention up to 256 px (the published setting), "
+          "16x16 / 8x8 windows (padded, masked) beyond; window_size=(14, 7) for deeplab2's "
+          "downstream windows, attn_mode='global' for whole-map attention at any size. "
+          "No released PyTorch weights.")
 _SRC = "paper Table 5 (tiny-MOAT, 256 px, with pos. emb.); config: google-research/deeplab2"
 
 
