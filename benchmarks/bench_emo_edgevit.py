@@ -22,17 +22,12 @@ import shlex
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
-# registry.py gives timm entries __module__ "edgevision.timm_models"; timm looks it up in
-# sys.modules. Harmless once registry.py points at a real module.
-sys.modules.setdefault("edgevision.timm_models", types.ModuleType("edgevision.timm_models"))
+import timm
+import torch
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-
-import edgevision as ev  # noqa: E402
+import edgevision as ev
 from edgevision.profiling import count_macs, count_params  # noqa: E402
 
 PAIRS = [("emo_1m", "edgenext_xx_small"), ("edgevit_xxs", "mobilevit_xxs")]

@@ -1,27 +1,21 @@
 """EdgeViT: parity with the official logits, official-checkpoint conversion, counts vs the
-official code (EdgeViT-S at 13.1M), any input size >= 32, the timm-like surface."""
+official code (EdgeViT-S at 13.1M), any input size >= 32 (padded), the timm-like surface."""
 
-import sys
-import types
+import json
 
-# registry.py gives timm entries __module__ "edgevision.timm_models", which timm looks up in
-# sys.modules; remove this line once registry.py points at a real module.
-sys.modules.setdefault("edgevision.timm_models", types.ModuleType("edgevision.timm_models"))
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
 
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-import edgevision as ev  # noqa: E402
-from edgevision.checkpoints import load_state_dict_strict, state_dict_diff  # noqa: E402
-from edgevision.models.base import InputShapeError  # noqa: E402
-from edgevision.models.edgevit import GlobalSparseAttn, convert_official_checkpoint, edgevit_xxs  # noqa: E402
-from edgevision.profiling import count_macs, count_params  # noqa: E402
-from edgevision.registry import model_info  # noqa: E402
+import edgevision as ev
+from edgevision.checkpoints import CheckpointMismatchError, load_state_dict_strict
+from edgevision.models.base import InputShapeError
+from edgevision.models.edgevit import GlobalSparseAttn, PatchEmbed, convert_official_checkpoint, edgevit_xxs
+from edgevision.profiling import count_macs, count_params
+from edgevision.registry import model_info
 
 TOL = 2e-6
 VARIANTS = ["edgevit_xxs", "edgevit_xs", "edgevit_s"]
@@ -40,22 +34,59 @@ def test_parity_with_official_logits(reference_dir):
     assert diff <= TOL
 
 
+def test_every_edgevit_parity_fixture_is_tested(reference_dir):
+    """A fixture added to reference/parity must not go unchecked."""
+    parity = reference_dir / "parity"
+    assert {p.name for p in parity.glob("edgevit_*_io.safetensors")} == {"edgevit_xxs_io.safetensors"}
+
+
 def test_create_model_loads_official_checkpoint_file(reference_dir, tmp_path):
     path = tmp_path / "edgevit_xxs.pth"
     torch.save({"model": load_file(str(reference_dir / "parity" / "edgevit_xxs.safetensors"))}, path)
-    model = ev.create_model("edgevit_xxs", checkpoint=str(path))
+    model = ev.create_model("edgevit_xxs", checkpoint=str(path)).eval()
     assert model.checkpoint_format == "official"
+    io = load_file(str(reference_dir / "parity" / "edgevit_xxs_io.safetensors"))
+    with torch.no_grad():
+        assert (model(io["input"]) - io["logits"]).abs().max().item() <= TOL
+
+
+def _manifest_state_dict(reference_dir, name, seed=0):
+    """A synthetic official-format state dict: the manifest's keys, shapes, dtypes and order,
+    with distinct random values (so that a tensor the loader skips or puts elsewhere shows)."""
+    manifest = json.loads((reference_dir / "manifests" / f"{name}.json").read_text())
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, shape, dt in manifest:
+        dtype = getattr(torch, dt)
+        floating = dtype.is_floating_point
+        sd[k] = torch.randn(shape, generator=g).to(dtype) if floating else torch.zeros(shape, dtype=dtype)
+    return sd
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_manifest_keys_and_shapes_convert_exactly(reference_dir, name):
-    manifest = json.loads((reference_dir / "manifests" / f"{name}.json").read_text())
-    sd = {k: torch.zeros(shape, dtype=getattr(torch, dt)) for k, shape, dt in manifest}
-    model = ev.create_model(name)
+def test_manifest_shaped_official_checkpoint_loads_strictly(reference_dir, tmp_path, name):
+    """Every variant, same converter: an official-format .pth (the manifest's keys and shapes in
+    official order) is detected as "official" by create_model, loads strictly, and every tensor
+    lands where the converter puts it (a rename: nothing dropped, merged or left over)."""
+    sd = _manifest_state_dict(reference_dir, name)
     converted = convert_official_checkpoint(sd)
     assert len(converted) == len(sd)
-    assert state_dict_diff(model, converted) == ([], [], [])
-    assert set(converted) == set(model.state_dict())
+    assert set(converted) == set(ev.create_model(name).state_dict())  # num_batches_tracked included
+    path = tmp_path / f"{name}.pth"
+    torch.save(sd, path)
+    model = ev.create_model(name, checkpoint=str(path))
+    assert model.checkpoint_format == "official"
+    ours = model.state_dict()
+    for k, v in converted.items():
+        assert torch.equal(ours[k], v), k
+
+
+def test_other_variants_checkpoint_is_refused_with_the_key_diff(reference_dir, tmp_path):
+    """Strictness: XS and S share widths, S has more blocks: XS weights into S list the missing keys."""
+    path = tmp_path / "edgevit_xs.pth"
+    torch.save(_manifest_state_dict(reference_dir, "edgevit_xs"), path)
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys[^\n]*\n\s+stages\.1\.blocks\.1\."):
+        ev.create_model("edgevit_s", checkpoint=str(path))
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -88,22 +119,42 @@ def test_sparse_attention_crops_back_on_non_divisible_maps():
         assert y.shape == (1, h * w, 8) and torch.isfinite(y).all()
 
 
-_MODEL = {}
+_MODELS = {}
+
+
+def _model(name="edgevit_xxs"):
+    if name not in _MODELS:
+        torch.manual_seed(0)
+        _MODELS[name] = ev.create_model(name, num_classes=10).eval()
+    return _MODELS[name]
 
 
 def _small_model():
-    if "m" not in _MODEL:
-        torch.manual_seed(0)
-        _MODEL["m"] = edgevit_xxs(num_classes=10).eval()
-    return _MODEL["m"]
+    return _model("edgevit_xxs")
 
 
-@settings(max_examples=8, deadline=None)
-@given(batch=st.integers(1, 2), h=st.integers(32, 160), w=st.integers(32, 160))
-def test_any_input_size_gives_finite_logits(batch, h, w):
+@pytest.mark.parametrize("name", VARIANTS)
+@settings(max_examples=6, deadline=None)
+@given(batch=st.integers(1, 2), h=st.integers(32, 128), w=st.integers(32, 128))
+@example(batch=2, h=100, w=70)  # padded in every patch embedding, batch 2
+def test_any_input_size_gives_finite_logits(name, batch, h, w):
+    """Property: every variant runs at any size >= 32, square or not, multiple of 32 or not, and
+    any batch, with finite logits; each sample's logits do not depend on the rest of the batch."""
+    model = _model(name)
+    x = torch.randn(batch, 3, h, w)
     with torch.no_grad():
-        y = _small_model()(torch.randn(batch, 3, h, w))
-    assert y.shape == (batch, 10) and torch.isfinite(y).all()
+        y = model(x)
+        assert y.shape == (batch, 10) and torch.isfinite(y).all()
+        assert (model(x[-1:]) - y[-1:]).abs().max() <= 1e-5
+
+
+@settings(max_examples=10, deadline=None)
+@given(small=st.integers(1, 31), other=st.integers(1, 64), swap=st.booleans())
+def test_too_small_inputs_raise_input_shape_error(small, other, swap):
+    """Property: a side below 32 raises InputShapeError (a ValueError) naming expected and got."""
+    h, w = (other, small) if swap else (small, other)
+    with pytest.raises(InputShapeError, match=rf"at least 32x32 pixels; got {h}x{w}$"):
+        _small_model()(torch.randn(1, 3, h, w))
 
 
 def test_invalid_inputs_raise_clear_errors():
@@ -111,6 +162,36 @@ def test_invalid_inputs_raise_clear_errors():
         _small_model()(torch.randn(1, 3, 64, 20))
     with pytest.raises(InputShapeError, match="4-D"):
         _small_model()(torch.randn(3, 64, 64))
+    with pytest.raises(InputShapeError, match="in_chans=3"):
+        _small_model()(torch.randn(1, 4, 64, 64))
+
+
+def test_patch_embedding_zero_pads_bottom_right():
+    """As documented: each patch embedding zero-pads bottom/right to its patch multiple."""
+    torch.manual_seed(0)
+    embed = PatchEmbed(3, 8, 4).eval()
+    x = torch.randn(1, 3, 50, 45)
+    with torch.no_grad():
+        y = embed(x)
+        assert y.shape == (1, 8, 13, 12)
+        assert torch.equal(y, embed(F.pad(x, (0, 3, 0, 2))))
+        x64 = torch.randn(1, 3, 64, 64)
+        assert torch.equal(embed(x64), embed.norm(embed.proj(x64).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+def test_no_pixel_is_dropped_at_sizes_that_are_not_multiples_of_32():
+    """A 100x70 image keeps every pixel (maps are ceil(side / stride)): changing only the last
+    row, or only the last column, changes the logits. Flooring strided convs would drop them."""
+    model = _small_model()
+    x = torch.randn(1, 3, 100, 70)
+    with torch.no_grad():
+        feats = model.forward_intermediates(x)
+        assert [tuple(f.shape[2:]) for f in feats] == [(25, 18), (13, 9), (7, 5), (4, 3)]
+        y = model(x)
+        for edit in ((slice(None), slice(None), -1, slice(None)), (slice(None), slice(None), slice(None), -1)):
+            x2 = x.clone()
+            x2[edit] += 1.0
+            assert (model(x2) - y).abs().max() > 1e-6
 
 
 def test_features_only_intermediates_and_classifier():
@@ -136,3 +217,21 @@ def test_drop_path_rate_and_training_step():
 def test_converter_rejects_foreign_keys():
     with pytest.raises(KeyError):
         convert_official_checkpoint(edgevit_xxs().state_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_compile_trace_and_onnx_are_not_blocked(tmp_path):
+    """No graph break (dynamo fullgraph), a faithful jit.trace, and an ONNX graph exported at
+    64x64 that still matches eager at a size needing padding (100x70, batch 2)."""
+    from edgevision.export.onnx import export_onnx, ort_session, run_session
+
+    model = _small_model()
+    x = torch.randn(2, 3, 100, 70)
+    with torch.no_grad():
+        ref = model(x)
+        torch._dynamo.reset()
+        assert (torch.compile(model, fullgraph=True, backend="eager")(x) - ref).abs().max() <= 1e-5
+        assert (torch.jit.trace(model, x, check_trace=False)(x) - ref).abs().max() <= 1e-5
+    path = export_onnx(model, tmp_path / "edgevit.onnx", (1, 3, 64, 64), dynamic_batch=True, dynamic_size=True)
+    assert (run_session(ort_session(path, threads=1), x) - ref).abs().max() <= 1e-4

@@ -287,6 +287,9 @@ def convert_official_checkpoint(state_dict: dict) -> dict:
 
 
 _PAPER = "Rethinking Mobile Block for Efficient Attention-based Models (ICCV 2023)"
+# The official README's ImageNet table links each checkpoint as resources/EMO_<n>M/net.pth in
+# zhangzjn/EMO; /raw/ at the reference snapshot commit downloads it. Like the official loader,
+# create_model reads a bare state dict or the official trainer's {"net": ..., "net_E": ...} file.
 _URL = "https://github.com/zhangzjn/EMO/raw/27d9b40fea9c2a12a2fe7acc51032184852a99d8/resources/{}/net.pth"
 _NOTES = ("Strided (interleaved) 7x7 windows by default, as the released weights need; "
           "window_mode='contiguous' for Swin-style windows. Any input size (attention stages "
