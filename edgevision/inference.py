@@ -40,10 +40,10 @@ def preprocess_config(model_name: str = "", checkpoint_format: str | None = None
 
 
 def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet-1k class names (offline, from torchvision's metadata)."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
+    """The 1000 ImageNet-1k class names (offline, from torchvision's public weight metadata)."""
+    from torchvision.models import MobileNet_V2_Weights
 
-    return list(_IMAGENET_CATEGORIES)
+    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def load_image(image):

@@ -66,6 +66,13 @@ def test_file_broken_after_scan_is_replaced_not_fatal(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         x, y = ds[0]
     assert x.shape == (3, 32, 32) and ds.load_failures == [samples[0][0]]
+    # The stand-in is the next readable sample, with that sample's label (here: across a class
+    # boundary, the last 'cat' image replaced by the first 'dog' image).
+    last_cat = max(i for i, s in enumerate(samples) if s[1] == 0)
+    open(samples[last_cat][0], "wb").close()
+    with pytest.warns(UserWarning, match="unreadable"):
+        _, y = ds[last_cat]
+    assert y == samples[last_cat + 1][1] == 1
 
 
 def test_augmentation_is_seeded_per_sample(tmp_path):

@@ -51,3 +51,13 @@ def test_eval_bad_inputs(trained, tmp_path, capsys):
         evaluate("mobilenetv2_035", str(data), s["weights"], str(tmp_path), workers=0)
     rc = main(["eval", MODEL, "--data", str(tmp_path / "missing"), "--checkpoint", s["weights"]])
     assert rc == 2 and "data folder not found" in capsys.readouterr().err
+
+
+def test_eval_reads_a_training_checkpoint_with_its_settings(trained, tmp_path):
+    data, s = trained
+    from_weights = evaluate(MODEL, str(data), s["weights"], str(tmp_path / "a"), workers=0)
+    from_ckpt = evaluate(MODEL, str(data), s["checkpoint"], str(tmp_path / "b"), workers=0)  # last.pth
+    assert from_ckpt["img_size"] == 32  # the run's size, not the 224 default
+    assert from_ckpt["confusion_matrix"] == from_weights["confusion_matrix"]
+    with pytest.raises(CheckpointError, match="training checkpoint of model"):
+        evaluate("mobilenetv2_035", str(data), s["checkpoint"], str(tmp_path / "c"), workers=0)

@@ -41,6 +41,7 @@ def add_parser(sub) -> None:
     g.add_argument("--drop-path", type=float)
     g.add_argument("--clip-grad", type=float, help="max gradient norm")
     g.add_argument("--ema", action="store_true", default=None, help="keep a timm ModelEmaV3 and evaluate it")
+    g.add_argument("--no-ema", dest="ema", action="store_false", help="no EMA even where the recipe keeps one")
     g.add_argument("--ema-decay", type=float)
     g.add_argument("--amp", nargs="?", const="auto", help="mixed precision: auto (bf16 on CPU), bf16 or fp16")
     g.add_argument("--channels-last", action="store_true", default=None)
@@ -69,16 +70,26 @@ def add_parser(sub) -> None:
     g.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     g.add_argument("--threads", type=int, help="torch threads per process")
     g.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
-    g.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also log to OUTPUT/tensorboard (needs: pip install tensorboard)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(func=run)
 
-    s = sub.add_parser("sample-data", help="write the bundled Fashion-MNIST sample as an ImageFolder tree")
+    s = sub.add_parser("sample-data", help="write Fashion-MNIST (or your own .npz arrays) as an ImageFolder tree",
+                       description="Write the bundled Fashion-MNIST sample (the full set when Debian's "
+                       "dataset-fashion-mnist is installed) or the arrays of a .npz file as DIR/train/<class>/*.png "
+                       "and DIR/val/<class>/*.png: the folder layout `edgevision train --data DIR` reads.")
     s.add_argument("output", help="folder to create (DIR/train/<class>/*.png, DIR/val/...)")
-    s.add_argument("--train-per-class", type=int, default=200)
-    s.add_argument("--val-per-class", type=int, default=100)
+    s.add_argument("--train-per-class", type=int, default=200, help="first N training images per class")
+    s.add_argument("--val-per-class", type=int, default=100, help="first N test images per class (val/)")
+    s.add_argument("--all", action="store_true", help="every image of the source (70,000 with the full set)")
     s.add_argument("--source", choices=["auto", "full", "vendored"], default="auto",
                    help="full Fashion-MNIST when installed (auto), or the bundled subset")
+    s.add_argument("--npz", help="your arrays instead: x_train, y_train [, x_test, y_test, class_names] "
+                   "(uint8 N,H,W or N,H,W,C; integer labels)")
+    s.add_argument("--classes", help="comma-separated class names for --npz (default: class_names or class_<i>)")
+    s.add_argument("--val-fraction", type=float, default=0.0,
+                   help="with --npz and no x_test: hold out this share of each class as val/")
     s.set_defaults(func=run_sample_data)
 
 
@@ -101,10 +112,24 @@ def run(args) -> int:
 
 
 def run_sample_data(args) -> int:
-    from edgevision.training.data import load_fashion_mnist, prepare_sample_dataset
+    from pathlib import Path
 
-    _, source = load_fashion_mnist(args.source)
-    root = prepare_sample_dataset(args.output, args.train_per_class, args.val_per_class, args.source)
+    from edgevision.training.data import export_npz, prepare_sample_dataset, sample_source
+
+    if args.npz:
+        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        root = export_npz(args.npz, args.output, classes, args.val_fraction)
+        counts = {split: sum(1 for p in (root / split).rglob("*.png")) for split in ("train", "val")
+                  if (root / split).is_dir()}
+        print(f"wrote {args.npz} as ImageFolder: " + ", ".join(f"{root / k} ({n} images)" for k, n in counts.items()))
+        return 0
+    for name in ("train_per_class", "val_per_class"):
+        if getattr(args, name) < 1 and not args.all:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (or use --all)")
+    n_tr, n_va = (None, None) if args.all else (args.train_per_class, args.val_per_class)
+    root = prepare_sample_dataset(args.output, n_tr, n_va, args.source)
+    source = sample_source(root)
+    counts = {split: sum(1 for _ in (Path(root) / split).rglob("*.png")) for split in ("train", "val")}
     print(f"wrote Fashion-MNIST ({source} set, MIT licence) as ImageFolder: {root}/train "
-          f"({args.train_per_class}/class), {root}/val ({args.val_per_class}/class)")
+          f"({counts['train']} images), {root}/val ({counts['val']} images)")
     return 0

@@ -81,14 +81,19 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def check_resumable(state: dict, model_name: str, num_classes: int, path) -> None:
-    """Refuse to resume into a different model or class count, naming both."""
+def check_resumable(state: dict, model_name: str, num_classes: int, path, classes=None) -> None:
+    """Refuse to resume into a different model, class count or class names, naming both."""
     if state["model_name"] != model_name:
         raise CheckpointError(f"{path}: checkpoint is for model {state['model_name']!r}, "
                               f"this run trains {model_name!r}; use another --output or drop --resume")
     if int(state["num_classes"]) != int(num_classes):
         raise CheckpointError(f"{path}: checkpoint has num_classes={state['num_classes']}, "
                               f"the data has {num_classes} classes; use another --output or drop --resume")
+    saved = list(state.get("classes") or [])
+    if classes is not None and saved and saved != list(classes):
+        diff = [f"{a!r} vs {b!r}" for a, b in zip(saved, classes) if a != b]
+        raise CheckpointError(f"{path}: checkpoint's classes differ from the data's ({', '.join(diff[:3])}); "
+                              "use another --output or drop --resume")
 
 
 def find_resume(output: Path, resume: str | None) -> Path | None:

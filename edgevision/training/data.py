@@ -5,8 +5,9 @@
   file order) is vendored as ``fashion_mnist_subset.npz``; when Debian's
   ``dataset-fashion-mnist`` is installed the full set is read instead. Because the subset is
   "first N per class", both sources give the same images for N <= the vendored counts.
-- :func:`export_imagefolder` writes arrays as ``root/<split>/<class>/<n>.png``, so the demo
-  trains through the same folder reader users' data goes through.
+- :func:`export_imagefolder` writes arrays as ``root/<split>/<class>/<n>.png`` (and
+  :func:`export_npz` / ``edgevision sample-data --npz`` does it for a user's ``.npz``), so the
+  demo trains through the same folder reader users' data goes through.
 - :class:`ImageFolderDataset` scans a folder once: non-image files and images that fail to
   decode (truncated, random bytes) are skipped, counted and reported, never a crash.
   A file that breaks after the scan is replaced by the next good sample at load time.
@@ -53,8 +54,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def first_per_class(labels: np.ndarray, per_class: int, num_classes: int = 10) -> np.ndarray:
-    """Indices of the first ``per_class`` samples of each class, in file order (deterministic)."""
+def first_per_class(labels: np.ndarray, per_class: int | None, num_classes: int = 10) -> np.ndarray:
+    """Indices of the first ``per_class`` samples of each class, in file order (deterministic).
+
+    ``per_class=None`` (or 0) keeps every sample.
+    """
+    if not per_class:
+        return np.arange(len(labels))
+    if per_class < 0:
+        raise ValueError(f"per-class count must be >= 0; got {per_class}")
     picked = []
     for c in range(num_classes):
         idx = np.flatnonzero(labels == c)
@@ -100,47 +108,142 @@ def build_vendored_subset(out: str | Path = VENDORED_NPZ, train_per_class: int =
 
 
 def export_imagefolder(images: np.ndarray, labels: np.ndarray, out_dir: str | Path,
-                       class_names: list[str], split: str = "train") -> Path:
-    """Write ``images`` (N,H,W[,C] uint8) as PNGs under ``out_dir/split/<class>/``."""
+                       class_names: list[str], split: str = "train", overwrite: bool = False) -> Path:
+    """Write ``images`` (N,H,W[,C] uint8) as PNGs under ``out_dir/split/<class>/``.
+
+    A split folder that already holds files is refused (ValueError) unless ``overwrite``,
+    which removes it first: a re-export never leaves stale images of an older one behind.
+    """
+    import shutil
+
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim not in (3, 4) or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (N,H,W) or (N,H,W,C); got {images.dtype} {images.shape}")
+    if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"images must be channels-last with 1, 3 or 4 channels; got shape {images.shape}")
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"labels must be a 1-D integer array; got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise ValueError(f"labels must lie in [0, {len(class_names)}); got {labels.min()}..{labels.max()}")
+    bad = [c for c in class_names if not c or "/" in c or "\\" in c or c in (".", "..") or c.startswith(".")]
+    if bad or len(set(class_names)) != len(class_names):
+        raise ValueError(f"class names must be unique folder names; got {class_names}")
     root = Path(out_dir) / split
+    if root.exists() and any(p.is_file() for p in root.rglob("*")):
+        if not overwrite:
+            raise ValueError(f"{root} already holds files; choose an empty folder")
+        shutil.rmtree(root)
     for name in class_names:
         (root / name).mkdir(parents=True, exist_ok=True)
     counters = [0] * len(class_names)
     for img, y in zip(images, labels):
         y = int(y)
+        if img.ndim == 3 and img.shape[-1] == 1:
+            img = img[..., 0]
         Image.fromarray(img).save(root / class_names[y] / f"{counters[y]:05d}.png")
         counters[y] += 1
     return root
 
 
-def prepare_sample_dataset(out_dir: str | Path, train_per_class: int = 200, val_per_class: int = 100,
-                           source: str = "auto") -> Path:
+SAMPLE_MARKER = ".edgevision_sample"
+
+
+def sample_source(root: str | Path) -> str | None:
+    """'full' or 'vendored': which Fashion-MNIST a :func:`prepare_sample_dataset` tree came from."""
+    import json
+
+    try:
+        return json.loads((Path(root) / SAMPLE_MARKER).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def prepare_sample_dataset(out_dir: str | Path, train_per_class: int | None = 200,
+                           val_per_class: int | None = 100, source: str = "auto") -> Path:
     """Write the Fashion-MNIST sample as an ImageFolder tree (train/ and val/); returns the root.
 
-    Reuses an existing tree made with the same settings (a marker file records them).
+    ``source="auto"`` reads the full set when Debian's dataset-fashion-mnist is installed,
+    else the bundled subset; a per-class count of None (or 0) writes every image of the
+    source (60,000 + 10,000 with the full set). An existing tree made with the same settings
+    is reused (a marker file records them); one made with other settings is replaced, and a
+    folder with train/ or val/ not written here is refused.
     """
+    import json
+
     out = Path(out_dir)
-    marker = out / ".edgevision_sample"
+    marker = out / SAMPLE_MARKER
     arrays, used = load_fashion_mnist(source)
-    stamp = f"fashion-mnist first-per-class train={train_per_class} val={val_per_class}"
-    if marker.is_file() and marker.read_text() == stamp:
+    settings = {"dataset": "fashion-mnist", "train_per_class": train_per_class or "all",
+                "val_per_class": val_per_class or "all", "source": used}
+    old = None
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+        except ValueError:
+            old = {}  # an older marker format, or an export cut short: ours, redo it
+    if old == settings:
         return out
-    tr = first_per_class(arrays["y_train"], train_per_class)
-    te = first_per_class(arrays["y_test"], val_per_class)
-    export_imagefolder(arrays["x_train"][tr], arrays["y_train"][tr], out, FASHION_MNIST_CLASSES, "train")
-    export_imagefolder(arrays["x_test"][te], arrays["y_test"][te], out, FASHION_MNIST_CLASSES, "val")
-    (out / "LICENSE-fashion-mnist.txt").write_text(
-        (VENDORED_NPZ.parent / "LICENSE-fashion-mnist.txt").read_text()
-        if (VENDORED_NPZ.parent / "LICENSE-fashion-mnist.txt").is_file() else "MIT, Zalando SE 2017\n")
-    marker.write_text(stamp)
+    if old is None and any((out / s).exists() for s in ("train", "val")):
+        raise ValueError(f"{out} already has train/ or val/ folders not written by edgevision; "
+                         "choose another folder for the sample data")
+    try:
+        tr = first_per_class(arrays["y_train"], train_per_class)
+        te = first_per_class(arrays["y_test"], val_per_class)
+    except ValueError as e:
+        hint = (" (the bundled subset has 200 train / 100 test images per class; more needs the full "
+                "set: Debian's dataset-fashion-mnist)") if used == "vendored" else ""
+        raise ValueError(f"{e}{hint}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("{}")  # "ours, incomplete": a rerun after a crash redoes the export
+    export_imagefolder(arrays["x_train"][tr], arrays["y_train"][tr], out, FASHION_MNIST_CLASSES, "train",
+                       overwrite=True)
+    export_imagefolder(arrays["x_test"][te], arrays["y_test"][te], out, FASHION_MNIST_CLASSES, "val",
+                       overwrite=True)
+    lic = VENDORED_NPZ.parent / "LICENSE-fashion-mnist.txt"
+    (out / "LICENSE-fashion-mnist.txt").write_text(lic.read_text() if lic.is_file() else "MIT, Zalando SE 2017\n")
+    marker.write_text(json.dumps(settings))
     return out
+
+
+def export_npz(npz: str | Path, out_dir: str | Path, class_names: list[str] | None = None,
+               val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False) -> Path:
+    """Turn arrays in a ``.npz`` into an ImageFolder tree: the same tool the demo data goes through.
+
+    Keys: ``x_train``/``y_train`` and optionally ``x_test``/``y_test`` (written as val/), or
+    ``x``/``y``; optionally ``class_names``. Without a test split, ``val_fraction`` > 0 holds out
+    that share of each class (seeded). Class names default to ``class_0``, ``class_1``, ...
+    """
+    npz = Path(npz)
+    if not npz.is_file():
+        raise FileNotFoundError(f"arrays file not found: {npz}")
+    try:
+        z = dict(np.load(npz, allow_pickle=False))
+    except Exception as e:  # not a zip, truncated, pickled objects...
+        raise ValueError(f"{npz}: cannot read as .npz ({e})") from None
+    if "x_train" in z and "y_train" in z:
+        x, y = z["x_train"], z["y_train"]
+    elif "x" in z and "y" in z:
+        x, y = z["x"], z["y"]
+    else:
+        raise ValueError(f"{npz}: expected arrays x_train and y_train (or x and y); found {sorted(z)}")
+    xt, yt = z.get("x_test"), z.get("y_test")
+    if class_names is None and "class_names" in z:
+        class_names = [str(c) for c in z["class_names"].tolist()]
+    labels_all = np.concatenate([np.ravel(y)] + ([np.ravel(yt)] if yt is not None else []))
+    n_cls = int(labels_all.max()) + 1 if labels_all.size else 0
+    class_names = list(class_names) if class_names else [f"class_{i}" for i in range(n_cls)]
+    y = np.ravel(y)
+    if xt is None and val_fraction:
+        samples = [(i, int(c)) for i, c in enumerate(y)]
+        tr, va = split_samples(samples, val_fraction, seed)
+        xt, yt = x[[i for i, _ in va]], y[[i for i, _ in va]]
+        x, y = x[[i for i, _ in tr]], y[[i for i, _ in tr]]
+    export_imagefolder(x, y, out_dir, class_names, "train", overwrite)
+    if xt is not None:
+        export_imagefolder(xt, np.ravel(yt), out_dir, class_names, "val", overwrite)
+    return Path(out_dir)
 
 
 # --------------------------------------------------------------------------- folder scanning
@@ -251,9 +354,12 @@ def find_splits(data_dir: str | Path) -> tuple[Path, Path | None]:
         raise NotADirectoryError(f"data path is not a folder: {data_dir}")
     if not any(data_dir.iterdir()):
         raise ValueError(f"data folder is empty: {data_dir}")
+    val = next((data_dir / v for v in VAL_DIR_NAMES if (data_dir / v).is_dir()), None)
     if (data_dir / "train").is_dir():
-        val = next((data_dir / v for v in VAL_DIR_NAMES if (data_dir / v).is_dir()), None)
         return data_dir / "train", val
+    if val is not None:
+        raise ValueError(f"{data_dir} has a {val.name}/ folder but no train/; expected DIR/train/<class>/... "
+                         f"beside DIR/{val.name}/<class>/..., or DIR/<class>/... alone")
     return data_dir, None
 
 
@@ -298,20 +404,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, index: int) -> Image.Image:
-        for k in range(len(self.samples)):  # fall back to the next good file, never crash
-            path = self.samples[(index + k) % len(self.samples)][0]
+    def _load(self, index: int) -> tuple[Image.Image, int]:
+        """(image, its class) of sample ``index``, or of the next readable one (never a crash)."""
+        for k in range(len(self.samples)):
+            path, target = self.samples[(index + k) % len(self.samples)]
             try:
                 with Image.open(path) as im:
-                    return im.convert("RGB")
+                    return im.convert("RGB"), target
             except Exception:
                 self.load_failures.append(path)
                 warnings.warn(f"skipping unreadable image {path}", stacklevel=2)
         raise RuntimeError("no readable image left in the data set")
 
     def __getitem__(self, index: int):
-        img = self._load(index)
-        target = self.samples[index][1]
+        img, target = self._load(index)  # a stand-in image comes with its own label
         if self.transform is None:
             return img, target
         # Seed python/numpy/torch RNGs (timm's augmentations use all three) for this sample

@@ -13,7 +13,8 @@ this module wires them together and adds what a long run needs:
 
 Test hook: ``EDGEVISION_KILL_AFTER_STEPS=N`` sends SIGKILL (or the signal named by
 ``EDGEVISION_KILL_SIGNAL``, e.g. TERM) to the process after N optimizer steps, to test crash
-recovery at a known point.
+recovery at a known point; with ``EDGEVISION_KILL_GROUP=1`` to its whole process group, as a
+terminal's Ctrl-C does (DataLoader workers included).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 KILL_ENV = "EDGEVISION_KILL_AFTER_STEPS"
 KILL_SIGNAL_ENV = "EDGEVISION_KILL_SIGNAL"  # KILL (default) or TERM/INT
+KILL_GROUP_ENV = "EDGEVISION_KILL_GROUP"  # set: signal the whole process group, not just this process
 
 
 @dataclass
@@ -111,6 +113,23 @@ def make_config(model: str, recipe: str | None = None, **overrides) -> TrainConf
 
 
 # --------------------------------------------------------------------------- helpers
+def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+    """--lr when given, else lr_base scaled linearly from lr_base_batch to the global batch."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return cfg.lr_base * cfg.batch_size * world_size / cfg.lr_base_batch
+
+
+def check_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                         "(or edgevision[tensorboard]); CSV/JSON logs and curves.png are written "
+                         "without it") from None
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -289,11 +308,17 @@ def evaluate_model(model, loader, device, num_classes: int, amp_dtype=None, chan
 
 # --------------------------------------------------------------------------- the run
 class _Stop:
-    """SIGINT/SIGTERM -> finish the current step, checkpoint, exit."""
+    """SIGINT/SIGTERM -> finish the current step, checkpoint, exit.
 
-    def __init__(self):
+    Repeats are ignored on purpose: under torchrun a Ctrl-C reaches each rank twice (from the
+    terminal, then forwarded by the launcher), and a scheduler's SIGTERM often does too.
+    """
+
+    def __init__(self, verbose: bool = True):
         self.signum = 0
         self._old = {}
+        self._pid = os.getpid()
+        self.verbose = verbose
 
     def install(self):
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -303,7 +328,12 @@ class _Stop:
                 pass
 
     def _handle(self, signum, frame):
+        if os.getpid() != self._pid or self.signum:  # a forked DataLoader worker, or a repeat
+            return
         self.signum = signum
+        if self.verbose:
+            print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint",
+                  file=sys.stderr, flush=True)
 
     def restore(self):
         for s, h in self._old.items():
@@ -338,7 +368,10 @@ class Run:
             if self.main:
                 D.prepare_sample_dataset(data_dir)
             barrier(self.dist)
-            self.log(f"data: bundled Fashion-MNIST sample (MIT licence) written to {data_dir}")
+            src = ("the full set in " + str(D.SYSTEM_FASHION_MNIST) if D.sample_source(data_dir) == "full"
+                   else "the subset bundled with edgevision")
+            self.log(f"data: Fashion-MNIST sample (MIT licence; read from {src}) written as an ImageFolder "
+                     f"to {data_dir}")
         train_root, val_root = D.find_splits(data_dir)
         threads = max(1, cfg.workers)
         train_samples, classes, train_rep = D.scan_folder(train_root, None, cfg.scan, threads)
@@ -353,6 +386,12 @@ class Run:
             if rep is not None:
                 self.log("data: " + rep.summary())
         self.scan_reports = [r.as_dict() for r in (train_rep, val_rep) if r is not None]
+        if len(classes) < 2:
+            raise ValueError(f"{train_root}: found 1 class folder ({classes[0]}); a classifier needs at "
+                             f"least 2: DIR/<class>/<images> with one folder per class")
+        if not val_samples:
+            raise ValueError(f"{val_root or train_root}: no validation images; add a val/ folder or more "
+                             "images per class")
         self.classes = classes
         self.data_dir = str(data_dir)
         return train_samples, val_samples
@@ -362,8 +401,9 @@ class Run:
         aa = D.check_auto_augment(cfg.auto_augment)
         t_train = D.build_transforms(cfg.img_size, mean, std, True, aa, cfg.crop_scale, cfg.hflip,
                                      cfg.color_jitter, interpolation=cfg.interpolation)
+        self.val_interpolation = "bicubic" if cfg.interpolation == "random" else cfg.interpolation
         t_val = D.build_transforms(cfg.img_size, mean, std, False, crop_pct=cfg.crop_pct,
-                                   interpolation="bicubic" if cfg.interpolation == "random" else cfg.interpolation)
+                                   interpolation=self.val_interpolation)
         self.train_set = D.ImageFolderDataset(train_samples, self.classes, t_train, seed=cfg.seed)
         val_set = D.ImageFolderDataset(val_samples, self.classes, t_val, seed=cfg.seed)
         w, r = self.dist.world_size, self.dist.rank
@@ -380,7 +420,7 @@ class Run:
         self.val_loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(val_set, val_idx), batch_size=cfg.batch_size * 2, shuffle=False,
             num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(0))
+            generator=torch.Generator().manual_seed(0), worker_init_fn=_worker_init if cfg.workers else None)
 
     def train_loader(self, epoch: int, start_step: int):
         cfg = self.cfg
@@ -391,7 +431,7 @@ class Run:
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=cfg.batch_size, sampler=order, drop_last=True,
             num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(epoch))
+            generator=torch.Generator().manual_seed(epoch), worker_init_fn=_worker_init if cfg.workers else None)
 
     # ---- model and optimisation
     def build_model(self):
@@ -428,7 +468,7 @@ class Run:
 
         cfg = self.cfg
         self.global_batch = cfg.batch_size * self.dist.world_size
-        self.lr = cfg.lr if cfg.lr is not None else cfg.lr_base * self.global_batch / cfg.lr_base_batch
+        self.lr = scaled_lr(cfg, self.dist.world_size)
         self.optimizer = create_optimizer_v2(self.model, cfg.opt, lr=self.lr, weight_decay=cfg.weight_decay)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
@@ -477,8 +517,19 @@ class Run:
         }
 
     def save(self, epoch: int, step_in_epoch: int, sums=(0.0, 0.0, 0.0)) -> None:
+        """Rank 0 writes; mid-epoch, every rank's RNG streams and running sums go in too (a
+        collective: all ranks call this), so each rank resumes its own streams exactly."""
+        state = self.state(epoch, step_in_epoch, sums) if self.main else None
+        if self.dist.enabled and step_in_epoch:
+            import torch.distributed as dist
+
+            mine = {"rng": ckpt.rng_state(), "epoch_sums": [float(v) for v in sums]}
+            gathered = [None] * self.dist.world_size
+            dist.all_gather_object(gathered, mine)
+            if self.main:
+                state["rank_states"] = gathered
         if self.main:
-            ckpt.save_checkpoint(self.out / ckpt.LAST, self.state(epoch, step_in_epoch, sums))
+            ckpt.save_checkpoint(self.out / ckpt.LAST, state)
 
     def maybe_resume(self):
         """(start epoch, start step, epoch sums, rng state or None) from a checkpoint, if any."""
@@ -486,21 +537,49 @@ class Run:
         if path is None:
             return 0, 0, [0.0, 0.0, 0.0], None
         st = ckpt.load_checkpoint(path)
-        ckpt.check_resumable(st, self.cfg.model, len(self.classes), path)
+        ckpt.check_resumable(st, self.cfg.model, len(self.classes), path, self.classes)
+        self._warn_changed(st.get("config") or {}, path)
         if int(st.get("world_size", 1)) != self.dist.world_size:
             raise CheckpointError(f"{path}: saved with {st['world_size']} process(es), now "
                                   f"{self.dist.world_size}; resume with the same world size")
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
+        saved_cfg = st.get("config") or {}
+        now_cfg = ckpt.plain(asdict(self.cfg))
+        if all(saved_cfg.get(k) == now_cfg.get(k) for k in self._SCHEDULE_KEYS):
+            self.scheduler.load_state_dict(st["scheduler"])
+        # else: timm's scheduler state holds its length and lrs; the one just built for the new
+        # options (e.g. a raised --epochs) is right, and it is a function of the step count.
         if self.ema is not None and st.get("ema") is not None:
             self.ema.module.load_state_dict(st["ema"])
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         self.history = list(st.get("history", []))
         self.log(f"resume: {path} at epoch {st['epoch']} step {st['step_in_epoch']}")
-        rng = st["rng"] if st["step_in_epoch"] else None  # epoch starts reseed anyway
-        return int(st["epoch"]), int(st["step_in_epoch"]), list(st["epoch_sums"]), rng
+        sums, rng = list(st["epoch_sums"]), st["rng"]
+        if st.get("rank_states"):
+            mine = st["rank_states"][self.dist.rank]
+            sums, rng = list(mine["epoch_sums"]), mine["rng"]
+        rng = rng if st["step_in_epoch"] else None  # epoch starts reseed anyway
+        return int(st["epoch"]), int(st["step_in_epoch"]), sums, rng
+
+    _SCHEDULE_KEYS = ("epochs", "sched", "lr", "lr_base", "lr_base_batch", "batch_size", "warmup_epochs",
+                      "warmup_lr", "min_lr", "max_steps_per_epoch")
+
+    # Options whose change makes a resumed run differ from an uninterrupted one.
+    _RESUME_KEYS = ("data", "recipe", "batch_size", "lr", "lr_base", "lr_base_batch", "opt", "sched",
+                    "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "drop_path",
+                    "clip_grad", "ema", "ema_decay", "amp", "seed", "checkpoint", "freeze_backbone",
+                    "head_width_scale", "img_size", "crop_scale", "hflip", "color_jitter", "auto_augment",
+                    "interpolation", "mixup", "cutmix", "val_fraction", "max_steps_per_epoch")
+
+    def _warn_changed(self, saved: dict, path) -> None:
+        now = ckpt.plain(asdict(self.cfg))
+        changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in self._RESUME_KEYS
+                   if k in saved and saved[k] != now.get(k)]
+        if changed:
+            self.log(f"resume: warning: options differ from the run in {path}: {'; '.join(changed)} "
+                     "(continuing with the new values; use --no-resume or another --output to start afresh)")
 
     # ---- outputs
     def write_logs(self) -> None:
@@ -517,6 +596,14 @@ class Run:
         plot_curves(self.history, self.out / "curves.png")
 
 
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C/SIGTERM sent to the whole process group (a terminal,
+    a job scheduler): the main process checkpoints and shuts them down; a worker that died on
+    the signal would crash the run instead."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -527,11 +614,8 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 def _tensorboard(run: Run):
     if not (run.cfg.tensorboard and run.main):
         return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        run.log("tensorboard: not installed (pip install tensorboard); logging to CSV/JSON only")
-        return None
+    from torch.utils.tensorboard import SummaryWriter  # checked by train() before any work
+
     return SummaryWriter(str(run.out / "tensorboard"))
 
 
@@ -540,22 +624,37 @@ def train(config: TrainConfig | dict) -> dict:
     cfg = make_config(**config) if isinstance(config, dict) else config
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"--epochs and --batch-size must be >= 1; got {cfg.epochs} and {cfg.batch_size}")
+    if cfg.freeze_backbone and not cfg.checkpoint:
+        raise ValueError("--freeze-backbone needs --checkpoint (pretrained weights): a randomly "
+                         "initialised backbone would stay random")
+    if cfg.tensorboard:
+        check_tensorboard()
+    threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     set_deterministic(cfg.deterministic)
-    run = Run(cfg)
+    run = None
     try:
+        run = Run(cfg)
         return _train(run)
     finally:
-        cleanup(run.dist)
+        if run is not None:
+            cleanup(run.dist)
+        torch.set_num_threads(threads_before)
         if cfg.deterministic and not was_deterministic:  # leave a library caller's process as found
             torch.use_deterministic_algorithms(False)
 
 
 def _train(run: Run) -> dict:
     cfg = run.cfg
+    if run.out.exists() and not run.out.is_dir():
+        raise NotADirectoryError(f"--output must be a folder; {run.out} is a file")
     run.out.mkdir(parents=True, exist_ok=True)
+    if run.main:  # temp files of checkpoint writes cut short by a crash (SIGKILL, power loss)
+        for tmp in run.out.glob(".*.tmp"):
+            if tmp.name.startswith((f".{ckpt.LAST}.", ".model.safetensors.", ".model_ema.safetensors.")):
+                tmp.unlink(missing_ok=True)
     _seed_everything(cfg.seed)
     train_samples, val_samples = run.build_data()
     _seed_everything(cfg.seed)  # model init does not depend on the data scan
@@ -569,11 +668,14 @@ def _train(run: Run) -> dict:
             f"{run.dist.world_size} process(es) x batch {cfg.batch_size} = {run.global_batch}, "
             f"lr {run.lr:.3g}, {cfg.epochs} epochs of {run.steps_per_epoch} steps, device {run.device}"
             + (f", amp {run.amp_dtype}" if run.amp_dtype else ""))
+    if cfg.recipe == "finetune" and not cfg.checkpoint:
+        run.log("warning: --recipe finetune without --checkpoint trains from scratch with fine-tuning "
+                "settings; pass --checkpoint WEIGHTS to start from pretrained weights")
     if start_epoch >= cfg.epochs:
         run.log(f"resume: the run in {run.out} already finished {start_epoch} epochs; nothing to train "
                 "(use --no-resume or another --output to start afresh, or raise --epochs)")
     tb = _tensorboard(run)
-    stop = _Stop()
+    stop = _Stop(verbose=run.main)
     stop.install()
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     t_start = time.perf_counter()
@@ -636,7 +738,11 @@ def _train_epoch(run: Run, epoch: int, start_step: int, sums: list, stop: _Stop,
                             ips=f"{ips:.0f} img/s", refresh=False)
         if kill_after and epoch * run.steps_per_epoch + step >= kill_after:
             # Test hook: a crash (SIGKILL) or a polite stop (SIGTERM) at a known step.
-            os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get(KILL_SIGNAL_ENV, "KILL")))
+            sig = getattr(signal, "SIG" + os.environ.get(KILL_SIGNAL_ENV, "KILL"))
+            if os.environ.get(KILL_GROUP_ENV):  # as a terminal's Ctrl-C: DataLoader workers get it too
+                os.killpg(os.getpgid(0), sig)
+            else:
+                os.kill(os.getpid(), sig)
             kill_after = 0
         flag = float(stop.signum != 0)
         if run.dist.enabled:  # every process must stop at the same step
@@ -644,6 +750,7 @@ def _train_epoch(run: Run, epoch: int, start_step: int, sums: list, stop: _Stop,
         if flag:
             _fold(sums, acc_t, seen)
             run.save(epoch, step, sums)
+            barrier(run.dist)
             bar.close()
             run.log(f"stopped by signal at epoch {epoch + 1} step {step}; checkpoint "
                     f"{run.out / ckpt.LAST}; rerun the same command to continue")
@@ -690,7 +797,8 @@ def _end_epoch(run: Run, epoch: int, sums: list, tb) -> None:
 def _finish(run: Run, seconds: float) -> dict:
     cfg = run.cfg
     meta = {"num_classes": len(run.classes), "classes": run.classes, "img_size": cfg.img_size,
-            "crop_pct": cfg.crop_pct, "mean": list(model_norm(run.model)[0]),
+            "crop_pct": cfg.crop_pct, "interpolation": run.val_interpolation,
+            "mean": list(model_norm(run.model)[0]),
             "std": list(model_norm(run.model)[1])}
     if cfg.head_width_scale != 1.0:
         meta["head_width"] = run.model.num_features
@@ -712,12 +820,14 @@ def _finish(run: Run, seconds: float) -> dict:
         "weights": str(weights), "ema_weights": str(run.out / "model_ema.safetensors") if run.ema else None,
         "checkpoint": str(run.out / ckpt.LAST), "scan": run.scan_reports, "output": str(run.out),
     }
+    skipped = sum(r["skipped_corrupt"] + r["skipped_not_image"] for r in run.scan_reports)
     if run.main:
         (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
         run.log(f"done: {cfg.model} val top-1 {summary['final_val_top1']:.2f}% (chance "
                 f"{summary['chance_top1']:.0f}%; best {summary['best_val_top1']:.2f}% at epoch "
                 f"{summary['best_epoch']}) in {seconds:.0f} s; weights {weights}; logs, curves.png, "
-                f"summary.json in {run.out}")
+                f"summary.json in {run.out}"
+                + (f"; skipped {skipped} unreadable or non-image files (listed in summary.json)" if skipped else ""))
     return summary
 
 
@@ -731,31 +841,62 @@ def evaluate(model_name: str, data: str, checkpoint: str, output: str | None = N
 
     if not checkpoint:
         raise ValueError("--checkpoint is required (model.safetensors from `edgevision train`)")
-    meta = read_metadata(checkpoint)
+    out = Path(output) if output else Path(checkpoint).resolve().parent / "eval"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--output must be a folder; {out} is a file")
+    train_state = None
+    if Path(checkpoint).suffix != ".safetensors" and Path(checkpoint).is_file():
+        try:  # a training checkpoint (last.pth) carries the classes and settings of its run
+            train_state = ckpt.load_checkpoint(checkpoint)
+        except CheckpointError:
+            train_state = None  # plain weights: read below, with their own clear errors
+    if train_state is not None:
+        run_cfg = train_state.get("config") or {}
+        if train_state["model_name"] != model_name:
+            raise CheckpointError(f"{checkpoint}: training checkpoint of model {train_state['model_name']!r}, "
+                                  f"not {model_name!r}")
+        meta = {"classes": json.dumps(train_state["classes"])}
+        for k in ("img_size", "crop_pct"):
+            if k in run_cfg:
+                meta[k] = json.dumps(run_cfg[k])
+        if run_cfg.get("interpolation"):
+            meta["interpolation"] = "bicubic" if run_cfg["interpolation"] == "random" else run_cfg["interpolation"]
+    else:
+        meta = read_metadata(checkpoint)
     classes = json.loads(meta["classes"]) if "classes" in meta else None
     root, val = D.find_splits(data)
     root = val or root
     samples, classes, rep = D.scan_folder(root, classes)
     dev = pick_device(device)
-    if "head_width" in meta:  # trained with --head-width-scale: rebuild that head, then load
+    model = create_model(model_name, num_classes=len(classes))
+    if train_state is not None:
+        sd = train_state["model"]
+        fc_w = sd.get("head_fc.weight")
+        if fc_w is not None and getattr(model, "head_fc", None) is not None \
+                and fc_w.shape[0] != model.head_fc.out_features:
+            resize_head(model, fc_w.shape[0] / model.head_fc.out_features, len(classes))
+        from edgevision.checkpoints import load_state_dict_strict
+
+        load_state_dict_strict(model, sd, f"{checkpoint} -> {model_name}")
+    else:
         from edgevision.checkpoints import load_checkpoint
         from edgevision.registry import model_info
 
-        model = create_model(model_name, num_classes=len(classes))
-        fc = model.head_fc
-        resize_head(model, int(json.loads(meta["head_width"])) / fc.out_features, len(classes))
+        if "head_width" in meta:  # trained with --head-width-scale: rebuild that head, then load
+            resize_head(model, int(json.loads(meta["head_width"])) / model.head_fc.out_features, len(classes))
         load_checkpoint(model, checkpoint, model_info(model_name).converters, model_name)
-    else:
-        model = create_model(model_name, num_classes=len(classes), checkpoint=checkpoint)
     model = model.to(dev)
     size = img_size or int(json.loads(meta.get("img_size", "224")))
     mean, std = (tuple(json.loads(meta[k])) if k in meta else d
                  for k, d in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)))
+    if "mean" not in meta:
+        mean, std = model_norm(model)
     crop_pct = float(json.loads(meta.get("crop_pct", "1.0")))
-    ds = D.ImageFolderDataset(samples, classes, D.build_transforms(size, mean, std, False, crop_pct=crop_pct))
+    interp = meta.get("interpolation", "bilinear")
+    ds = D.ImageFolderDataset(samples, classes, D.build_transforms(size, mean, std, False, crop_pct=crop_pct,
+                                                                   interpolation=interp))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
     res = evaluate_model(model, loader, dev, len(classes))
-    out = Path(output) if output else Path(checkpoint).resolve().parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     png = plot_confusion(res["confusion"], classes, out / "confusion_matrix.png",
                          f"{model_name}: top-1 {res['top1']:.1f}%")
