@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -81,6 +82,19 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _safe_globals():
+    """Allow-list the harmless non-tensor objects training scripts store beside weights.
+
+    DeiT-style trainers (EfficientFormer's among them) save ``args`` as an
+    argparse.Namespace; rebuilding one only sets attributes. Anything else stays refused.
+    """
+    import argparse
+    import contextlib
+
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return allow([argparse.Namespace]) if allow else contextlib.nullcontext()
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read the tensors of a checkpoint file, safely, with clear errors."""
     path = Path(path)
@@ -97,14 +111,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e}); is it truncated?") from e
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with _safe_globals():
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt/unsafe files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        text = str(e)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if unsafe:
             raise CheckpointError(
-                f"{path}: refuses to unpickle non-tensor objects (loaded with weights_only=True): {msg}"
+                f"{path}: holds a non-tensor object ({unsafe[1]}) that edgevision does not "
+                "unpickle (weights are loaded with weights_only=True); save only the state dict"
             ) from e
-        raise CheckpointError(f"{path}: cannot read checkpoint ({msg}); is it truncated or corrupt?") from e
+        detail = text.strip().splitlines()[-1] if "Weights only load failed" not in text else \
+            next((ln.strip() for ln in text.splitlines()[::-1] if "Unsupported" in ln), "unpickling failed")
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch or safetensors weights file ({detail or type(e).__name__}); "
+            "is it truncated, corrupt or a plain pickle?"
+        ) from e
     return _unwrap(obj, path)
 
 

@@ -59,8 +59,29 @@ def test_refuses_arbitrary_pickles(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": Evil()}, f)
-    with pytest.raises(CheckpointError, match="evil.pth"):
+    with pytest.raises(CheckpointError, match=r"evil.pth: not a readable .* plain pickle"):
+        read_state_dict(path)  # a plain pickle stream: the safe unpickler never runs it
+    torch.save({"state_dict": Evil()}, path)  # torch's format: the global is named and refused
+    with pytest.raises(CheckpointError, match=r"evil.pth: holds a non-tensor object \(builtins.print\)"):
         read_state_dict(path)
+
+
+def test_training_args_beside_weights_load(tmp_path):
+    """DeiT-style checkpoints store argparse.Namespace args: harmless, allow-listed."""
+    import argparse
+
+    m = tiny()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": m.state_dict(), "args": argparse.Namespace(lr=1e-3), "epoch": 299}, path)
+    assert set(read_state_dict(path)) == set(m.state_dict())
+
+
+def test_random_bytes_are_not_called_unsafe(tmp_path):
+    path = tmp_path / "noise.pth"
+    path.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(CheckpointError, match="noise.pth: not a readable PyTorch or safetensors") as err:
+        read_state_dict(path)
+    assert "weights_only" not in str(err.value)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
