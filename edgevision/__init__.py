@@ -7,12 +7,14 @@ from edgevision.factory import create_model  # noqa: E402
 from edgevision.models.base import InputShapeError  # noqa: E402
 from edgevision.registry import UnknownModelError, list_models, model_info  # noqa: E402
 import edgevision.models  # noqa: E402,F401  (registers all families, also into timm)
+from edgevision.export.fuse import fuse_bn as fuse  # noqa: E402  (deploy-time BN folding)
 
 __all__ = [
     "create_model",
     "list_models",
     "model_info",
     "save_model",
+    "fuse",
     "CheckpointError",
     "CheckpointMismatchError",
     "InputShapeError",

@@ -37,11 +37,23 @@ def test_bench_cli_writes_all_outputs(tmp_path):
         assert float(r["max_abs_diff"]) < 1e-3 and not r["error"]
     report = json.loads((out / "bench.json").read_text())
     assert report["machine"]["versions"]["torch"] and "load_average_1_5_15" in report["machine"]
+    assert "load_average_before" in report["machine"]
     assert report["settings"]["threads"] == 1
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "mobilenetv3_small_075" in proc.stdout and "bench.png" in proc.stdout
+    assert float(rows[0]["speedup_vs_eager"]) == 1.0 and float(rows[1]["speedup_vs_eager"]) > 0
+    md = (out / "bench.md").read_text()
+    assert "| model | runtime | batch |" in md and "--runtime eager,onnxruntime" in md and "Threads: 1" in md
 
 
+def test_progress_bar(capsys):
+    run_bench(["mobilenetv3_small_075"], ["eager"], [1], size=64, threads=1, warmup=0, iters=2,
+              output_dir=None, progress=True)
+    err = capsys.readouterr().err
+    assert "bench" in err and "100%" in err
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: ~5 s on a busy 2-core machine
 def test_bench_cli_unknown_model_subprocess(tmp_path):
     proc = _cli("mobilenetv3_larg_100", "--runtime", "eager", "--output", str(tmp_path / "o"))
     lines = proc.stderr.strip().splitlines()
@@ -53,6 +65,16 @@ def test_bench_cli_unknown_model_subprocess(tmp_path):
     (["mobilenetv3_small_075", "--runtime", "eager,tensorrt"], "unknown runtime 'tensorrt'"),
     (["mobilenetv3_small_075", "--batch", "one"], "--batch takes comma-separated integers"),
     (["--runtime", "eager"], "no models given"),
+    (["mobilenetv3_small_075", "--runtime", ","], "no runtimes given"),
+    (["mobilenetv3_small_075", "--threads", "-1"], "threads must be >= 1"),
+    (["mobilenetv3_small_075", "--batch", "0"], "batch sizes must be >= 1"),
+    (["mobilenetv3_small_075", "--iters", "0"], "need iters >= 1"),
+    (["mobilenetv3_small_075", "--rounds", "0"], "rounds >= 1"),
+    (["mobilenetv3_small_075", "--runtime", "compile", "--compile-mode", "fastest"], "unknown compile mode 'fastest'"),
+    (["mobilenetv3_small_075", "--runtime", "onnxruntime-int8", "--calibration", "/no/such/folder"],
+     "calibration folder /no/such/folder is not a directory"),
+    (["mobilenetv3_small_075", "--all"], "not both"),
+    (["mobilenetv3_small_075", "mobilenetv3_larg_100"], "unknown model 'mobilenetv3_larg_100'"),
 ])
 def test_bench_cli_bad_input(args, message, tmp_path, capsys):
     rc = cli_main(["bench", *args, "--output", str(tmp_path / "o")])
@@ -85,6 +107,64 @@ def test_run_bench_library_call():
     assert [(r["runtime"], r["batch"]) for r in rows] == [("eager", 1), ("fused", 1), ("eager", 2), ("fused", 2)]
     assert all(r["error"] is None and r["max_abs_diff"] < 1e-4 for r in rows)
     assert rows[2]["peak_mem_mb"] > rows[0]["peak_mem_mb"] > 0  # twice the batch, more activations
+    # The latency change of each runtime (e.g. of BN folding) is reported against eager.
+    assert rows[0]["speedup_vs_eager"] == 1.0 and rows[2]["speedup_vs_eager"] == 1.0
+    for eager, fused in ((rows[0], rows[1]), (rows[2], rows[3])):
+        assert fused["speedup_vs_eager"] == pytest.approx(eager["median_ms"] / fused["median_ms"])
+
+
+def test_run_bench_int8_reports_agreement():
+    report = run_bench(["mobilenetv3_small_075"], ["eager", "onnxruntime-int8"], [1], size=64, threads=1,
+                       warmup=0, iters=1, output_dir=None, progress=False)
+    eager, int8 = report["results"]
+    assert int8["error"] is None and eager["top1_agreement"] is None
+    assert 0.0 <= int8["top1_agreement"] <= 1.0 and int8["max_abs_diff"] is not None
+
+
+def test_a_failing_runtime_keeps_the_others(monkeypatch):
+    from edgevision.profiling import runtimes
+
+    def boom(self, model, example):
+        raise RuntimeError("compiler crashed\nlong details")
+
+    monkeypatch.setattr(runtimes.Fused, "prepare", boom)
+    rows = run_bench(["mobilenetv3_small_075"], ["eager", "fused"], [1], size=64, threads=1, warmup=0,
+                     iters=2, output_dir=None, progress=False)["results"]
+    assert rows[0]["error"] is None and rows[0]["median_ms"] > 0
+    assert rows[1]["error"] == "RuntimeError: compiler crashed" and rows[1]["median_ms"] is None
+
+
+def test_runtimes_are_timed_interleaved():
+    from edgevision.profiling.timing import measure_interleaved
+
+    calls = []
+    fns = {k: (lambda t, k=k: calls.append(k)) for k in "ab"}
+    stats = measure_interleaved(fns, torch.zeros(2, 1), warmup=1, iters=5, rounds=2)
+    # warm-up of each, then chunks of 3 and 2 timed runs alternating between them
+    assert "".join(calls) == "ab" + "aaabbb" + "aabb"
+    assert set(stats) == {"a", "b"} and all(s["iters"] == 5 and s["throughput"] > 0 for s in stats.values())
+
+
+def test_cli_all_means_every_registered_model(tmp_path, monkeypatch, capsys):
+    import edgevision
+    from edgevision.profiling import bench
+
+    seen = {}
+
+    def fake_run_bench(models, runtimes, batches, **kw):  # records what the CLI asked for
+        seen.update(models=models, runtimes=runtimes, batches=batches, **kw)
+        return dict(settings=dict(size=kw["size"], threads=kw["threads"]),
+                    machine=dict(load_average_1_5_15=None), results=[],
+                    files={k: f"bench.{k}" for k in ("csv", "json", "md", "png")})
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    rc = cli_main(["bench", "--all", "--runtime", "eager,onnxruntime", "--batch", "1,32", "--size", "96",
+                   "--threads", "2", "--warmup", "4", "--iters", "7", "--output", str(tmp_path)])
+    assert rc == 0 and "bench.png" in capsys.readouterr().out
+    assert seen["models"] == edgevision.list_models() and seen["runtimes"] == ["eager", "onnxruntime"]
+    assert seen["batches"] == [1, 32]
+    assert (seen["size"], seen["threads"], seen["warmup"], seen["iters"]) == (96, 2, 4, 7)
+    assert seen["output_dir"] == str(tmp_path) and seen["progress"] is True
 
 
 def test_latency_stats_and_memory():

@@ -41,3 +41,32 @@ def test_module_summary_rows_add_up():
     assert [r["output_shape"] for r in rows] == [[1, 8, 16, 16], [1, 8, 16, 16], [1, 4, 16, 16]]
     assert sum(r["params"] for r in rows) == count_params(model)
     assert sum(r["macs"] for r in rows) == count_macs(model, (1, 3, 16, 16))
+
+
+class CrossAttn(nn.Module):
+    """Queries from every pixel, keys/values from a pooled grid, additive bias mask
+    (the shapes of EdgeViT's subsampled attention and MOAT's relative-position bias)."""
+
+    def __init__(self, dim=16, heads=2, pool=2):
+        super().__init__()
+        self.heads, self.pool = heads, pool
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        d = c // self.heads
+        q = self.q(x.flatten(2).transpose(1, 2)).reshape(b, h * w, self.heads, d).transpose(1, 2)
+        s = F.avg_pool2d(x, self.pool).flatten(2).transpose(1, 2)
+        k, v = self.kv(s).reshape(b, s.shape[1], 2, self.heads, d).permute(2, 0, 3, 1, 4)
+        bias = torch.zeros(1, self.heads, h * w, s.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def test_attention_with_fewer_keys_and_a_bias_mask():
+    b, c, h, w, heads, pool = 2, 16, 8, 8, 2, 2
+    n, m, d = h * w, (h // pool) * (w // pool), c // heads
+    hand = b * n * c * c  # q projection
+    hand += b * m * c * 2 * c  # k, v projections on the pooled tokens
+    hand += 2 * b * heads * n * m * d  # q@k^T and attn@v (mask add, softmax: not MACs)
+    assert count_macs(CrossAttn(c, heads, pool), (b, c, h, w)) == hand

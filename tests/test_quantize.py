@@ -61,10 +61,13 @@ def test_onnxruntime_int8_keeps_confident_top1_on_pretrained_weights():
     fn = runtime.prepare(model, images[:1])
     with torch.inference_mode():
         got = torch.cat([fn(images[i:i + 1]) for i in range(len(images))])
-    assert 0 < (got - ref).abs().max() < ref.abs().max()  # quantized, yet close
+    assert 0 < (got - ref).abs().max() < 0.25 * ref.abs().max()  # quantized, yet close
     confident = ref.softmax(-1).max(-1).values > 0.5
     assert confident.sum() >= 5
     assert top1_agreement(ref[confident], got[confident]) >= 0.8
+    # Overall: 0.78 here (16 calibration photos); quantizing convs without their ReLU6 gave 0.38.
+    assert top1_agreement(ref, got) >= 0.65
+    assert torch.nn.functional.cosine_similarity(got, ref, dim=1).min() > 0.9
 
 
 @pytest.mark.slow

@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs (default 10)")
     p.add_argument("--iters", type=int, default=50, help="timed runs (default 50)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="the timed runs are split into this many chunks, alternating between the "
+                   "runtimes of a model so that load changes hit all alike (default 5)")
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode for the compile runtime (default, reduce-overhead, max-autotune)")
     p.add_argument("--calibration", default=None,
@@ -52,7 +55,7 @@ def _print_table(report: dict) -> None:
     table = Table(title=f"edgevision bench — {s['size']}px, {s['threads']} thread(s), "
                   f"load {m['load_average_1_5_15']}")
     heads = ["model", "runtime", "batch", "params M", "MACs M", "median ms", "p10 ms", "p90 ms",
-             "img/s", "peak MB", "max|Δ|", "top-1 agree"]
+             "img/s", "× eager", "peak MB", "max|Δ|", "top-1 agree"]
     for h in heads:
         table.add_column(h, justify="left" if h in ("model", "runtime") else "right")
     for r in report["results"]:
@@ -66,7 +69,8 @@ def _print_table(report: dict) -> None:
 
         table.add_row(r["model"], r["runtime"], str(r["batch"]), f"{r['params'] / 1e6:.2f}",
                       f"{r['macs'] / 1e6:.0f}", f(r["median_ms"], ".2f"), f(r["p10_ms"], ".2f"),
-                      f(r["p90_ms"], ".2f"), f(r["throughput"], ".1f"), f(r["peak_mem_mb"], ".1f"),
+                      f(r["p90_ms"], ".2f"), f(r["throughput"], ".1f"), f(r["speedup_vs_eager"], ".2f"),
+                      f(r["peak_mem_mb"], ".1f"),
                       f(r["max_abs_diff"], ".1e"), f(r["top1_agreement"], ".2f"))
     # Wide enough for every column when piped to a file (rich assumes 80 columns then).
     Console(width=None if sys.stdout.isatty() else 200).print(table)
@@ -88,7 +92,8 @@ def run(args) -> int:
     try:
         report = run_bench(
             models, _csv_list(args.runtime), _int_list(args.batch), size=args.size,
-            threads=args.threads, warmup=args.warmup, iters=args.iters, output_dir=args.output,
+            threads=args.threads, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
+            output_dir=args.output,
             calibration=args.calibration, compile_mode=args.compile_mode,
             progress=not args.no_progress, checkpoints=checkpoints, command=shlex.join(["edgevision", *sys.argv[1:]]),
         )

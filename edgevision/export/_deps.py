@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 
 class MissingPackageError(ImportError):
@@ -14,7 +15,13 @@ def require(module: str, extra: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
+        package = module.split(".")[0]
+        try:
+            installed = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # e.g. sys.modules[package] is None
+            installed = False
+        state = "installed but cannot be imported" if installed else "not installed"
         raise MissingPackageError(
-            f"{what} needs the package {module.split('.')[0]!r}, which is not installed "
-            f"({e.msg}); install it with: pip install 'edgevision[{extra}]'"
+            f"{what} needs the package {package!r}, which is {state} ({e.msg}); "
+            f"install it with: pip install 'edgevision[{extra}]'"
         ) from None

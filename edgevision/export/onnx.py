@@ -19,10 +19,46 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgevision.export._deps import require
+from edgevision.export._deps import MissingPackageError, require
+from edgevision.models.base import InputShapeError
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("legacy", "dynamo", "auto")
+try:  # the exporters' own limits
+    from torch.onnx._constants import ONNX_MAX_OPSET as _MAX_OPSET
+    from torch.onnx._constants import ONNX_MIN_OPSET as _MIN_OPSET
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as _LEGACY_MAX_OPSET
+except ImportError:  # private module moved: the values of torch 2.4-2.15
+    _MIN_OPSET, _LEGACY_MAX_OPSET, _MAX_OPSET = 7, 20, 23
+
+
+class ExportError(RuntimeError):
+    """An export or its parity check could not be done; the message is one line."""
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_opset(opset: int, exporter: str = "legacy") -> None:
+    """Raise ValueError (one line) for an opset the chosen exporter cannot write."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}; got {exporter!r}")
+    top = _LEGACY_MAX_OPSET if exporter == "legacy" else _MAX_OPSET
+    if not _MIN_OPSET <= opset <= top:
+        hint = (f"; the dynamo exporter goes up to {_MAX_OPSET}"
+                if exporter == "legacy" and top < opset <= _MAX_OPSET else "")
+        raise ValueError(f"opset {opset} is not supported by the {exporter} ONNX exporter "
+                         f"(opsets {_MIN_OPSET}-{top}{hint})")
+
+
+def _written_opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _dynamic_axes(dynamic_batch: bool, dynamic_size: bool) -> dict:
@@ -47,13 +83,25 @@ def _export_legacy(model, x, path, opset, axes):
 
 def _export_dynamo(model, x, path, opset, axes):
     require("onnxscript", "onnx", "the dynamo ONNX exporter")
+    import logging
+
     dims = {i: torch.export.Dim.AUTO for i in axes} if axes else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            model, (x,), dynamo=True, opset_version=opset, input_names=["input"],
-            output_names=["logits"], dynamic_shapes=(dims,) if dims else None, verbose=False,
-        )
+    # Below opset 18 the dynamo exporter converts versions and logs a traceback when it
+    # cannot; the opset actually written is checked by export_onnx instead.
+    loggers = [logging.getLogger(n) for n in ("onnxscript", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(
+                model, (x,), dynamo=True, opset_version=opset, input_names=["input"],
+                output_names=["logits"], dynamic_shapes=(dims,) if dims else None, verbose=False,
+            )
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     prog.save(str(path))
 
 
@@ -68,25 +116,43 @@ def export_onnx(
 ) -> Path:
     """Write ``model`` (put in eval mode) as ONNX to ``path``; returns the path.
 
-    Input is named "input" (N, C, H, W float32), output "logits".
+    Input is named "input" (N, C, H, W float32), output "logits". A bad opset raises
+    ValueError; an exporter failure, or a file written at another opset than asked,
+    raises ExportError with a one-line message.
     """
     require("onnx", "onnx", "ONNX export")
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}; got {exporter!r}")
+    check_opset(opset, "dynamo" if exporter == "auto" else exporter)
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"ONNX output {path} is a directory; give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = torch.randn(*input_size)
     axes = _dynamic_axes(dynamic_batch, dynamic_size)
-    if exporter == "dynamo":
-        _export_dynamo(model, x, path, opset, axes)
-    elif exporter == "legacy":
-        _export_legacy(model, x, path, opset, axes)
-    else:
-        try:
-            _export_legacy(model, x, path, opset, axes)
-        except Exception:  # a model the tracer cannot handle: torch.export may
+    used = exporter
+    try:
+        if exporter == "dynamo":
             _export_dynamo(model, x, path, opset, axes)
+        elif exporter == "legacy":
+            _export_legacy(model, x, path, opset, axes)
+        else:
+            try:
+                if opset > _LEGACY_MAX_OPSET:
+                    raise ValueError("opset beyond the legacy exporter")
+                used = "legacy"
+                _export_legacy(model, x, path, opset, axes)
+            except Exception:  # a model the tracer cannot handle: torch.export may
+                used = "dynamo"
+                _export_dynamo(model, x, path, opset, axes)
+    except (MissingPackageError, InputShapeError):  # already one-line and actionable
+        raise
+    except Exception as e:
+        raise ExportError(f"ONNX export of {type(model).__name__} failed ({used} exporter, opset {opset}): "
+                          f"{type(e).__name__}: {_first_line(e)}") from e
+    written = _written_opset(path)
+    if written != opset:
+        raise ExportError(f"the {used} exporter wrote opset {written}, not the requested {opset} "
+                          f"(version conversion failed); ask for opset {written} or use another exporter")
     return path
 
 
@@ -112,7 +178,14 @@ def check_onnx(model: nn.Module, path: str | Path, x: torch.Tensor, threads: int
     """max|Δ| between ONNX Runtime on ``path`` and eager ``model`` on the same input."""
     with torch.inference_mode():
         ref = model.eval()(x)
-    out = run_session(ort_session(path, threads), x)
+    try:
+        session = ort_session(path, threads)
+        out = run_session(session, x)
+    except MissingPackageError:
+        raise
+    except Exception as e:  # onnxruntime's errors are long and multi-line
+        raise ExportError(f"ONNX Runtime could not run {path} at input {tuple(x.shape)}: "
+                          f"{type(e).__name__}: {_first_line(e)}") from e
     if out.shape != ref.shape:
         raise ValueError(f"ONNX output shape {tuple(out.shape)} differs from eager {tuple(ref.shape)}")
     return float((out - ref).abs().max())

@@ -18,6 +18,7 @@ from edgevision.export._deps import require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Clip", "Relu")  # ONNX op types made int8 (see below)
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # scikit-image photos that ship inside the wheel (no download needed).
 _SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
@@ -124,9 +125,14 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: t
                          batch: int = 1, reduce_range: bool | None = None) -> Path:
     """Static int8 ONNX (QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration).
 
-    Only Conv, Gemm and MatMul are quantized: they carry the compute, and leaving
-    LayerNormalization out avoids per-channel quantization of its weights along axis 1,
-    which ONNX Runtime rejects with a warning. ``batch`` must match a static input batch.
+    Quantized: Conv, Gemm and MatMul, which carry the compute, and Clip/Relu, so that a
+    conv's ReLU/ReLU6 fuses into its int8 kernel and the conv output is quantized over the
+    activated range rather than the wider pre-activation one (measured here on pretrained
+    efficientnet_lite0, 32 sample photos: top-1 agreement with fp32 0.38 -> 0.84 and 3.3 ->
+    2.2 ms vs 3.9 ms fp32). Quantizing every supported op (adds, softmax, ...) was worse on
+    the attention models. LayerNormalization stays float: per-channel quantization of its
+    weights along axis 1 is rejected by ONNX Runtime with a warning. ``batch`` must match a
+    static input batch.
     ``reduce_range`` (7-bit weights) defaults to on for x86 CPUs without VNNI, where ORT's
     u8s8 kernels can saturate (its documented advice; measured here on pretrained
     efficientnet_lite0: top-1 agreement 0.44 -> 0.53 on the sample photos).
@@ -150,7 +156,7 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: t
             quant_format=q.QuantFormat.QDQ, per_channel=True,
             activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
             reduce_range=(not _cpu_has_vnni()) if reduce_range is None else reduce_range,
-            op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+            op_types_to_quantize=list(QUANTIZED_OPS),
             calibrate_method=q.CalibrationMethod.MinMax,
         )
     return int8_path

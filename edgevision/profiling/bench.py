@@ -21,12 +21,13 @@ import torch
 from edgevision.profiling.counting import count_macs, count_params
 from edgevision.profiling.runtimes import get_runtime
 from edgevision.profiling.timing import (
-    fixed_threads, machine_info, measure_latency, process_peak_memory, torch_peak_memory,
+    fixed_threads, machine_info, measure_interleaved, measure_latency, process_peak_memory,
+    torch_peak_memory,
 )
 
 COLUMNS = [
     "model", "runtime", "batch", "size", "threads", "params", "macs", "published_top1",
-    "median_ms", "p10_ms", "p90_ms", "throughput", "peak_mem_mb", "mem_method",
+    "median_ms", "p10_ms", "p90_ms", "throughput", "speedup_vs_eager", "peak_mem_mb", "mem_method",
     "max_abs_diff", "top1_agreement", "weights", "prepare_s", "error",
 ]
 
@@ -45,21 +46,44 @@ def check_output_dir(output_dir: str | Path) -> Path:
     return out
 
 
-def _validate(models, runtimes, batches, size, warmup, iters):
+def _compile_modes() -> list[str]:
+    try:
+        from torch._inductor import list_mode_options
+
+        return list(list_mode_options())
+    except Exception:  # private API moved: let torch.compile judge the mode itself
+        return []
+
+
+def _validate(models, runtimes, batches, size, threads, warmup, iters, rounds, compile_mode,
+              calibration):
+    from edgevision.profiling.runtimes import RUNTIMES
     from edgevision.registry import model_info
 
-    for name in models:
-        model_info(name)  # raises UnknownModelError with suggestions
     if not models:
         raise ValueError("no models given; name some or use --all")
+    for name in models:
+        model_info(name)  # raises UnknownModelError with suggestions
+    if not runtimes:
+        raise ValueError(f"no runtimes given; choose from: {', '.join(RUNTIMES)}")
     for r in runtimes:
         get_runtime(r).check()  # unknown runtime -> ValueError, missing package -> MissingPackageError
     if not batches or min(batches) < 1:
         raise ValueError(f"batch sizes must be >= 1; got {batches}")
     if size < 1:
         raise ValueError(f"size must be >= 1; got {size}")
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"need iters >= 1 and warmup >= 0; got iters={iters}, warmup={warmup}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    if iters < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"need iters >= 1, warmup >= 0 and rounds >= 1; got iters={iters}, "
+                         f"warmup={warmup}, rounds={rounds}")
+    modes = _compile_modes()
+    if modes and compile_mode not in modes:
+        raise ValueError(f"unknown compile mode {compile_mode!r}; choose from: {', '.join(modes)}")
+    if calibration is not None and any(get_runtime(r).int8 for r in runtimes):
+        from edgevision.export.quantize import calibration_images
+
+        calibration_images(calibration, size=8, n=1)  # missing folder / no images -> one-line error
 
 
 def _normalization(name, model) -> dict:
@@ -72,7 +96,8 @@ def _normalization(name, model) -> dict:
     return {k: cfg[k] for k in ("mean", "std") if k in cfg}
 
 
-def _measure_one(model, runtime, x, ref, warmup, iters) -> dict:
+def _prepare_one(model, runtime, x, ref) -> tuple:
+    """Prepare ``runtime`` on ``model``; returns (fn, row with prepare time, memory, max|Δ|, agreement)."""
     start = time.perf_counter()
     fn = runtime.prepare(model, x)
     row = dict(prepare_s=time.perf_counter() - start)
@@ -85,11 +110,16 @@ def _measure_one(model, runtime, x, ref, warmup, iters) -> dict:
         row["mem_method"] = "rss-delta"
     with torch.inference_mode():
         out = fn(x)
+    if tuple(out.shape) != tuple(ref.shape):
+        raise ValueError(f"output shape {tuple(out.shape)} differs from eager {tuple(ref.shape)}")
     row["max_abs_diff"] = float((out.float() - ref).abs().max())
-    row.update(measure_latency(fn, x, warmup=warmup, iters=iters))
     if runtime.int8:
         row["top1_agreement"] = _agreement(model, fn, runtime, x)
-    return row
+    return fn, row
+
+
+def _error(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _agreement(model, fn, runtime, x) -> float:
@@ -107,16 +137,22 @@ def _agreement(model, fn, runtime, x) -> float:
 
 def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224, threads=None,
               warmup=10, iters=50, output_dir="bench-results", calibration=None,
-              compile_mode="default", progress=True, command=None, checkpoints=None) -> dict:
+              compile_mode="default", progress=True, command=None, checkpoints=None,
+              rounds=5) -> dict:
     """Benchmark every (model, runtime, batch); returns {"machine", "settings", "results"}.
 
     Results are also written to ``output_dir`` (bench.csv/json/md, bench.png) when it is
     not None. ``threads`` fixes torch and ONNX Runtime intra-op threads (default: torch's).
+    The runtimes of one (model, batch) are prepared first, then timed interleaved: their
+    ``iters`` timed runs are split into ``rounds`` chunks that alternate between runtimes,
+    so ``speedup_vs_eager`` compares runs made under the same machine load.
     ``checkpoints`` maps model names to weight files; other models run with random weights,
     which is fine for speed, but then max|Δ| and int8 agreement say little (near-zero logits).
     """
-    models, runtimes, batches = list(models), list(runtimes), [int(b) for b in batches]
-    _validate(models, runtimes, batches, size, warmup, iters)
+    models = list(dict.fromkeys(models))  # a name given twice is measured once
+    runtimes = list(dict.fromkeys(runtimes))
+    batches = list(dict.fromkeys(int(b) for b in batches))
+    _validate(models, runtimes, batches, size, threads, warmup, iters, rounds, compile_mode, calibration)
     checkpoints = dict(checkpoints or {})
     for name, ckpt in checkpoints.items():
         if name not in models:
@@ -125,16 +161,20 @@ def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224,
             raise FileNotFoundError(f"checkpoint {ckpt} for {name} does not exist")
     out = check_output_dir(output_dir) if output_dir is not None else None
     threads = threads or torch.get_num_threads()
+    rounds = max(1, min(rounds, iters))
     from tqdm import tqdm
 
     from edgevision.factory import create_model
     from edgevision.registry import model_info
 
+    load_before = machine_info()["load_average_1_5_15"]
     rows = []
-    steps = tqdm(total=len(models) * len(runtimes) * len(batches), disable=not progress,
-                 desc="bench", unit="run", file=sys.stderr)
+    # One step per runtime preparation and one per timed chunk of each runtime.
+    steps = tqdm(total=len(models) * len(runtimes) * len(batches) * (1 + rounds), disable=not progress,
+                 desc="bench", unit="step", file=sys.stderr)
     with fixed_threads(threads):
         for name in models:
+            steps.set_postfix_str(f"{name} build")
             model = create_model(name, checkpoint=checkpoints.get(name)).eval()
             counts = dict(params=count_params(model), macs=count_macs(model, (1, 3, size, size)),
                           published_top1=model_info(name).published_top1,
@@ -143,24 +183,37 @@ def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224,
                 x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
                 with torch.inference_mode():
                     ref = model(x)
+                group, fns = {}, {}
                 for rt_name in runtimes:
-                    steps.set_postfix_str(f"{name} {rt_name} b{batch}")
+                    steps.set_postfix_str(f"{name} {rt_name} b{batch} prepare")
                     runtime = get_runtime(rt_name, threads=threads, calibration=calibration,
                                           compile_mode=compile_mode, **_normalization(name, model))
                     row = dict(model=name, runtime=rt_name, batch=batch, size=size, threads=threads,
                                **counts)
                     try:
-                        row.update(_measure_one(model, runtime, x, ref, warmup, iters))
+                        fns[rt_name], measured = _prepare_one(model, runtime, x, ref)
+                        row.update(measured)
                     except Exception as e:  # one failing runtime must not lose the others' results
-                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                    rows.append({c: row.get(c) for c in COLUMNS})
+                        row["error"] = _error(e)
+                        steps.update(rounds)  # its timing chunks will not run
+                    group[rt_name] = row
                     steps.update()
+                steps.set_postfix_str(f"{name} b{batch} timing {','.join(fns)}")
+                for rt_name, stats in _time_group(fns, x, warmup, iters, rounds, steps.update).items():
+                    group[rt_name].update(stats)
+                eager_ms = group["eager"].get("median_ms") if "eager" in group else None
+                for row in group.values():
+                    if eager_ms and row.get("median_ms"):
+                        row["speedup_vs_eager"] = eager_ms / row["median_ms"]
+                    rows.append({c: row.get(c) for c in COLUMNS})
     steps.close()
     report = dict(
-        machine=machine_info(),
+        machine=dict(machine_info(), load_average_before=load_before),
         settings=dict(models=models, runtimes=runtimes, batches=batches, size=size, threads=threads,
-                      warmup=warmup, iters=iters, compile_mode=compile_mode,
+                      warmup=warmup, iters=iters, rounds=rounds, compile_mode=compile_mode,
                       calibration=str(calibration) if calibration else "bundled sample photos",
+                      timing_note="eval + inference_mode; per (model, batch) the runtimes are warmed up, "
+                                  "then timed interleaved in rounds; median/p10/p90 over iters runs",
                       memory_note="torch-alloc: peak live tensor bytes in one forward (torch.profiler); "
                                   "rss-delta: peak RSS growth over the first run (ONNX Runtime)",
                       macs_note="multiply-adds per image, torch FlopCounterMode / 2, math SDPA"),
@@ -170,6 +223,23 @@ def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224,
     if out is not None:
         report["files"] = write_results(report, out)
     return report
+
+
+def _time_group(fns: dict, x, warmup, iters, rounds, on_chunk) -> dict:
+    """Stats per runtime, timed interleaved; a runtime failing mid-timing gets an error instead."""
+    if not fns:
+        return {}
+    try:
+        return measure_interleaved(fns, x, warmup=warmup, iters=iters, rounds=rounds,
+                                   on_round=lambda _key: on_chunk())
+    except Exception:  # find which one fails, keep the others (timed one after another then)
+        results = {}
+        for key, fn in fns.items():
+            try:
+                results[key] = measure_latency(fn, x, warmup=warmup, iters=iters)
+            except Exception as e:
+                results[key] = dict(error=_error(e))
+        return results
 
 
 def _fmt(v, digits=2):
@@ -182,9 +252,9 @@ def _fmt(v, digits=2):
 
 def markdown_table(rows: list[dict]) -> str:
     cols = ["model", "runtime", "batch", "params", "macs", "median_ms", "p10_ms", "p90_ms",
-            "throughput", "peak_mem_mb", "max_abs_diff", "top1_agreement", "error"]
+            "throughput", "speedup_vs_eager", "peak_mem_mb", "max_abs_diff", "top1_agreement", "error"]
     head = ["model", "runtime", "batch", "params (M)", "MACs (M)", "median ms", "p10 ms", "p90 ms",
-            "img/s", "peak MB", "max abs diff", "top-1 agree", "error"]
+            "img/s", "x eager", "peak MB", "max abs diff", "top-1 agree", "error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vals = dict(r, params=r["params"] / 1e6 if r["params"] else None,
@@ -206,10 +276,15 @@ def write_results(report: dict, out: Path) -> dict:
     s = report["settings"]
     files["md"].write_text(
         f"# edgevision bench\n\nCommand: `{report['command']}`\n\n"
-        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, load average {m['load_average_1_5_15']}; "
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, load average (1, 5, 15 min) before "
+        f"{m.get('load_average_before')}, after {m['load_average_1_5_15']}; "
         f"torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}. "
         f"Threads: {s['threads']}; warm-up {s['warmup']}, timed runs {s['iters']}; input {s['size']}px.\n"
-        f"MACs: {s['macs_note']}. Peak memory: {s['memory_note']}.\n\n"
+        f"Timing: {s.get('timing_note', '')}. "
+        f"MACs: {s['macs_note']}. Peak memory: {s['memory_note']}.\n"
+        "x eager: eager median / this runtime's median (same model and batch). max abs diff: vs eager "
+        "fp32 on the same input; top-1 agree: int8 vs fp32 arg-max on the calibration photos. Both "
+        "say little for random weights (see the weights column of bench.csv).\n\n"
         + markdown_table(rows) + "\n"
     )
     plot_results(rows, files["png"])

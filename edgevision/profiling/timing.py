@@ -3,6 +3,8 @@
 Protocol (as in timm's benchmark and DESIGN.md): eval mode and ``torch.inference_mode``,
 a fixed number of torch threads (recorded), warm-up runs, then many timed runs; we report
 the median and the 10th/90th percentiles, since shared machines produce long upper tails.
+Variants that are compared (runtimes of one model) are timed interleaved, in rounds, so
+that load changes during the measurement do not favour whichever ran first.
 
 Peak memory has two methods, because the CPU has no allocator counters like CUDA's:
 - ``torch``: torch.profiler with ``profile_memory=True`` records every CPU tensor allocation
@@ -37,32 +39,58 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def latency_stats(times_ms: list[float], batch: int) -> dict:
+    """median/p10/p90 (ms) of timed runs and the throughput (img/s) at the median."""
+    times = sorted(times_ms)
+    median = statistics.median(times)
+    return dict(
+        median_ms=median,
+        p10_ms=_percentile(times, 10),
+        p90_ms=_percentile(times, 90),
+        throughput=batch / (median / 1e3),
+    )
+
+
+def _check_counts(warmup: int, iters: int) -> None:
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0; got iters={iters}, warmup={warmup}")
+
+
 def measure_latency(fn: Callable, x: torch.Tensor, warmup: int = 10, iters: int = 50) -> dict:
     """Time ``fn(x)``: median/p10/p90 latency in ms over ``iters`` runs after ``warmup``.
 
     Throughput is batch size / median latency (img/s). Runs under inference_mode; the
     caller fixes the thread count (see :func:`fixed_threads`).
     """
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"need iters >= 1 and warmup >= 0; got iters={iters}, warmup={warmup}")
-    times = []
+    return measure_interleaved({"fn": fn}, x, warmup=warmup, iters=iters, rounds=1)["fn"]
+
+
+def measure_interleaved(fns: dict, x: torch.Tensor, warmup: int = 10, iters: int = 50,
+                        rounds: int = 5, on_round: Callable | None = None) -> dict:
+    """Time several ``fn(x)`` side by side: ``{key: stats}`` as in :func:`measure_latency`.
+
+    Each function is warmed up, then the ``iters`` timed runs of every function are split
+    into ``rounds`` chunks and the chunks alternate (a, b, c, a, b, c, ...), so a change of
+    machine load during the measurement hits all of them alike instead of the last one
+    (shared 2-core machines drift by several x). ``on_round(key)`` is called after each chunk.
+    """
+    _check_counts(warmup, iters)
+    rounds = max(1, min(rounds, iters))
+    chunks = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
+    times: dict = {key: [] for key in fns}
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        for _ in range(iters):
-            start = time.perf_counter()
-            fn(x)
-            times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    median = statistics.median(times)
-    return dict(
-        median_ms=median,
-        p10_ms=_percentile(times, 10),
-        p90_ms=_percentile(times, 90),
-        throughput=x.shape[0] / (median / 1e3),
-        iters=iters,
-        warmup=warmup,
-    )
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn(x)
+        for n in chunks:
+            for key, fn in fns.items():
+                for _ in range(n):
+                    start = time.perf_counter()
+                    fn(x)
+                    times[key].append((time.perf_counter() - start) * 1e3)
+                if on_round is not None:
+                    on_round(key)
+    return {key: dict(latency_stats(t, x.shape[0]), iters=iters, warmup=warmup) for key, t in times.items()}
 
 
 class _quiet_native_stderr:
@@ -135,6 +163,8 @@ class fixed_threads:
     """Context manager: run with exactly ``n`` torch intra-op threads, restore afterwards."""
 
     def __init__(self, n: int | None):
+        if n is not None and n < 1:
+            raise ValueError(f"threads must be >= 1; got {n}")
         self.n = n
         self.saved = torch.get_num_threads()
 
