@@ -1,7 +1,7 @@
 """Faithfulness report: every model's params and MACs against the references and the papers,
 and its max |Δlogits| against the implementations it claims to equal, in one run.
 
-    python benchmarks/faithfulness.py [--models 'emo*'] [--size 96]
+    python benchmarks/faithfulness.py [--models 'emo*'] [--size 224]
 writes benchmarks/results/faithfulness.{json,md}.
 
 - Counts: params exactly; MACs = FlopCounterMode FLOPs / 2 at the model's own input size
@@ -41,7 +41,7 @@ STATS_KEY = {"mobilenetv2_100": "timm_mobilenetv2_100", "mobilenetv3_large_100":
              "mobilenetv3_small_100": "timm_mobilenetv3_small_100", "mnasnet_100": "timm_mnasnet_100"}
 
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomize(model: nn.Module, size: int, seed: int = 0) -> nn.Module:
     """Random but well-scaled norms: BN stats from a train-mode batch, then perturbed."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -57,7 +57,7 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
             if "gamma" in name or "layer_scale" in name or "attention_biases" in name:
                 p.copy_(torch.rand(p.shape, generator=g) + 0.5)
         model.train()
-        model(torch.randn(4, 3, 96, 96, generator=g))
+        model(torch.randn(4, 3, size, size, generator=g))
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_var.mul_(torch.rand(m.num_features, generator=g) * 0.2 + 0.9).add_(0.01)
@@ -72,7 +72,7 @@ def max_diff(ours: nn.Module, ref: nn.Module, size: int) -> tuple[float, float]:
 
 
 def against_library(name: str, ref: nn.Module, converter, size: int) -> dict:
-    ref = randomize(ref)
+    ref = randomize(ref, size)
     ours = ev.create_model(name).eval()
     load_state_dict_strict(ours, converter(ref.state_dict()))
     diff, scale = max_diff(ours, ref, size)
@@ -169,7 +169,9 @@ def to_markdown(rows: list[dict], command: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="*", help="shell pattern over registered names")
-    p.add_argument("--size", type=int, default=96, help="input side for the library comparisons")
+    p.add_argument("--size", type=int, default=None,
+                   help="input side for the library comparisons (default: the model's; timm's "
+                   "EfficientFormer runs at 224 only)")
     p.add_argument("--output", default=str(RESULTS / "faithfulness"), help="path stem for .json/.md")
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -177,7 +179,7 @@ def main(argv=None) -> int:
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     rows = []
     for name in ev.list_models(args.models):
-        rows.append(report(name, stats, args.size))
+        rows.append(report(name, stats, args.size or ev.model_info(name).input_size[-1]))
         print(name, {k: f"{v['max_abs_diff']:.1e}" for k, v in rows[-1]["equivalence"].items()}, flush=True)
     command = "python benchmarks/faithfulness.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     out = Path(args.output)
