@@ -9,8 +9,8 @@ writes benchmarks/results/faithfulness.{json,md}.
   ../shared/reference/model_stats.json (measured on the official/timm/torchvision code) and
   the published figures.
 - Equivalence: the reference (timm / torchvision) is built with random weights, its norms
-  randomized (BN statistics and affines, LN affines, layer scales ~U(0.5, 1.5)) so eps and
-  statistics matter; its state dict goes through our registered converter into a strict
+  randomized (edgevision.testing.randomize_norms: BN statistics and affines, LN affines,
+  layer scales ~U(0.5, 1.5)) so eps and statistics matter; its state dict goes through our registered converter into a strict
   load, and eval-mode logits are compared on the same input. For the official EMO/EdgeViT
   code the stored parity fixtures are used instead (official weights, input and logits).
 The tests assert the same properties; this script prints the figures for every model at once.
@@ -30,6 +30,7 @@ import torch.nn as nn
 import edgevision as ev
 from edgevision.checkpoints import load_state_dict_strict
 from edgevision.profiling import count_macs, count_params
+from edgevision.testing import randomize_norms
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -41,29 +42,6 @@ STATS_KEY = {"mobilenetv2_100": "timm_mobilenetv2_100", "mobilenetv3_large_100":
              "mobilenetv3_small_100": "timm_mobilenetv3_small_100", "mnasnet_100": "timm_mnasnet_100"}
 
 
-def randomize(model: nn.Module, size: int, seed: int = 0) -> nn.Module:
-    """Random but well-scaled norms: BN stats from a train-mode batch, then perturbed."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = 1.0  # running stats := the next batch's stats
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
-            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-        for name, p in model.named_parameters():
-            if "gamma" in name or "layer_scale" in name or "attention_biases" in name:
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-        model.train()
-        model(torch.randn(4, 3, size, size, generator=g))
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_var.mul_(torch.rand(m.num_features, generator=g) * 0.2 + 0.9).add_(0.01)
-    return model.eval()
-
-
 @torch.no_grad()
 def max_diff(ours: nn.Module, ref: nn.Module, size: int) -> tuple[float, float]:
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -72,7 +50,7 @@ def max_diff(ours: nn.Module, ref: nn.Module, size: int) -> tuple[float, float]:
 
 
 def against_library(name: str, ref: nn.Module, converter, size: int) -> dict:
-    ref = randomize(ref, size)
+    ref = randomize_norms(ref, side=size, layer_scales=True)
     ours = ev.create_model(name).eval()
     load_state_dict_strict(ours, converter(ref.state_dict()))
     diff, scale = max_diff(ours, ref, size)
@@ -126,6 +104,11 @@ def report(name: str, stats: dict, size: int) -> dict:
     if name in TORCHVISION:
         tv = getattr(torchvision.models, TORCHVISION[name])()
         row["equivalence"]["torchvision"] = against_library(name, tv, converters["torchvision"], size)
+    if name == "nasnet_a_mobile":  # the pretrainedmodels port: same keys, no converter
+        import pretrainedmodels
+
+        port = pretrainedmodels.nasnetamobile(num_classes=1000, pretrained=None)
+        row["equivalence"]["pretrainedmodels"] = against_library(name, port, lambda sd: sd, size)
     for fixture in against_fixture(name):
         size_label = fixture["input"].split(",")[0].split("x", 2)[-1]  # e.g. 224x224
         row["equivalence"][f"official {size_label}"] = fixture

@@ -8,7 +8,7 @@ import torch
 
 import edgevision
 from edgevision.profiling.runtimes import RUNTIMES, get_runtime
-from test_export import randomize
+from edgevision.testing import randomize_norms as randomize
 
 FP32 = ["channels_last", "fused", "torchscript", "onnxruntime"]
 

@@ -1,7 +1,6 @@
 """EMO: parity with the official logits, official-checkpoint conversion, counts vs the
 official code, any input size, strided vs contiguous windows, the timm-like surface."""
 
-import json
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from edgevision.models.base import InputShapeError
 from edgevision.models.emo import convert_official_checkpoint, emo_1m
 from edgevision.profiling import count_macs, count_params
 from edgevision.registry import model_info
+from edgevision.testing import manifest_state_dict
 
 TOL = 2e-6
 VARIANTS = ["emo_1m", "emo_2m", "emo_5m", "emo_6m"]
@@ -62,25 +62,12 @@ def test_create_model_loads_official_pth(reference_dir, tmp_path, wrapper):
         assert (model(io["input"]) - io["logits"]).abs().max().item() <= TOL
 
 
-def _manifest_state_dict(reference_dir, name, seed=0):
-    """A synthetic official-format state dict: the manifest's keys, shapes, dtypes and order,
-    with distinct random values (so that a tensor the loader skips or puts elsewhere shows)."""
-    manifest = json.loads((reference_dir / "manifests" / f"{name}.json").read_text())
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, shape, dt in manifest:
-        dtype = getattr(torch, dt)
-        floating = dtype.is_floating_point
-        sd[k] = torch.randn(shape, generator=g).to(dtype) if floating else torch.zeros(shape, dtype=dtype)
-    return sd
-
-
 @pytest.mark.parametrize("name", VARIANTS)
 def test_manifest_shaped_official_checkpoint_loads_strictly(reference_dir, tmp_path, name):
     """Every variant, same converter: an official-format .pth (the manifest's keys and shapes in
     official order) is detected as "official" by create_model, loads strictly, and every tensor
     lands where the converter puts it (a rename: nothing dropped, merged or left over)."""
-    sd = _manifest_state_dict(reference_dir, name)
+    sd = manifest_state_dict(reference_dir / "manifests" / f"{name}.json")
     converted = convert_official_checkpoint(sd)
     assert len(converted) == len(sd)
     assert set(converted) == set(ev.create_model(name).state_dict())  # num_batches_tracked included
@@ -95,7 +82,7 @@ def test_manifest_shaped_official_checkpoint_loads_strictly(reference_dir, tmp_p
 
 def test_mismatched_official_checkpoint_fails_with_the_key_diff(reference_dir, tmp_path):
     """Strictness: a missing key, or another variant's checkpoint, is refused with the diff."""
-    sd = _manifest_state_dict(reference_dir, "emo_5m")
+    sd = manifest_state_dict(reference_dir / "manifests" / "emo_5m.json")
     full = tmp_path / "EMO_5M.pth"
     torch.save(sd, full)
     with pytest.raises(CheckpointMismatchError, match="mis-shaped"):

@@ -11,42 +11,8 @@ import torch.nn as nn
 import edgevision
 from edgevision.cli import main as cli_main
 from edgevision.export.onnx import check_onnx, export_onnx, ort_session, run_session
-
-
-def small_side(model) -> int:
-    """64 px, or the model's minimum, rounded up to its required multiple."""
-    side = max(64, getattr(model, "min_input_size", 32))
-    mult = getattr(model, "input_multiple", 1) or 1
-    return -(-side // mult) * mult
-
-
-def randomize(model: nn.Module, seed: int = 0, side: int | None = None) -> nn.Module:
-    """Random BN affine terms, zero-initialised weights made random, and BN statistics
-    re-estimated on random inputs, so outputs are non-trivial and depend on the input.
-
-    Without re-estimating, deep CNNs with untrained weights lose the input on the way
-    (activations shrink layer after layer against unit running variances): the logits then
-    equal the propagated BN biases for every image, and a parity test would compare biases.
-    """
-    g = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1 and p.abs().max() == 0:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-        for m in bns:
-            if m.weight is not None:
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration pass
-        if bns:
-            model.train()
-            side = side or small_side(model)
-            model(torch.randn(4, getattr(model, "in_chans", 3), side, side, generator=g))
-        for m in bns:
-            m.momentum = 0.1
-    return model.eval()
+from edgevision.testing import randomize_norms as randomize
+from edgevision.testing import small_side
 
 
 @pytest.mark.slow

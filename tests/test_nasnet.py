@@ -34,6 +34,25 @@ def test_state_dict_matches_port_manifest(model, manifest):
     assert {k: d for k, _, d in manifest if dtypes[k] != d} == {}
 
 
+@pytest.mark.slow
+def test_equal_to_the_pretrainedmodels_port_on_the_same_weights():
+    """The port itself (pretrainedmodels 0.7.4, a dev dependency), randomized norms, 224 px:
+    mathematically identical (fp64 <= 1e-10); fp32 differs only by summation order."""
+    pretrainedmodels = pytest.importorskip("pretrainedmodels")
+    from edgevision.testing import randomize_norms
+
+    ref = randomize_norms(pretrainedmodels.nasnetamobile(num_classes=1000, pretrained=None), side=224)
+    ours = ev.create_model("nasnet_a_mobile").eval()
+    ours.load_state_dict(ref.state_dict())  # same keys and shapes: no converter
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        b32 = ref(x)
+        assert (b32[0] - b32[1]).abs().max() > 1e-2  # logits depend on the input
+        assert (ours(x) - b32).abs().max() <= 1e-5
+        d64 = (ours.double()(x.double()) - ref.double()(x.double())).abs().max().item()
+    assert d64 <= 1e-10, d64
+
+
 def test_params_exact(model, model_stats):
     assert count_params(model) == model_stats["nasnet_a_mobile"]["params"] == 5_289_978
 
