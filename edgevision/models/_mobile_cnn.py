@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from edgevision.layers import ConvNormAct, DepthwiseSeparable, InvertedResidual, get_act, make_divisible
-from edgevision.models.base import EdgeModel
+from edgevision.models.base import EdgeModel, linear_head
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class MobileCNN(EdgeModel):
             raise ValueError(f"head must be 'conv', 'linear' or None; got {cfg.head!r}")
         self.num_features = chs  # width of the pooled features fed to the classifier
         self.drop = nn.Dropout(self.drop_rate)
-        self.classifier = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = linear_head(chs, num_classes)
         self._init_weights()
 
     # --- construction -------------------------------------------------------------------
@@ -201,7 +201,7 @@ class MobileCNN(EdgeModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = linear_head(self.num_features, num_classes)
 
 
 def _make_block(row: Row, cfg: MobileCNNConfig, in_chs, out_chs, stride, act, dpr, bn_eps) -> nn.Module:

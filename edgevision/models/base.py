@@ -23,6 +23,11 @@ class InputShapeError(ValueError):
     """The input tensor does not fit the model (channels, rank, or spatial size)."""
 
 
+def linear_head(num_features: int, num_classes: int) -> nn.Module:
+    """The classifier of every family: a Linear, or Identity for num_classes=0 (features)."""
+    return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
 class EdgeModel(nn.Module):
     in_chans: int = 3
     min_input_size: int = 32
@@ -65,6 +70,12 @@ class EdgeModel(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier for num_classes (0: none); families whose head is not ``head``
+        (or that have two) override this."""
+        self.num_classes = num_classes
+        self.head = linear_head(self.num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

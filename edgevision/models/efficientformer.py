@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgevision.models.base import EdgeModel
+from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
 
 CFGS = {
@@ -260,8 +260,8 @@ class EfficientFormer(EdgeModel):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(dims[-1], num_classes)
+        self.head_dist = linear_head(dims[-1], num_classes)
         self.feature_info = [
             dict(num_chs=c, reduction=2 ** (i + 2), module=f"stages.{i}") for i, c in enumerate(dims)
         ]
@@ -278,8 +278,8 @@ class EfficientFormer(EdgeModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(self.num_features, num_classes)
+        self.head_dist = linear_head(self.num_features, num_classes)
 
     def forward_features(self, x):
         return self.norm(self.stages(self.stem(x)))  # (B, N, C) tokens

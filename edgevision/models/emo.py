@@ -40,7 +40,7 @@ from edgevision.layers.attention import (
     window_partition,
     window_unpartition,
 )
-from edgevision.models.base import EdgeModel
+from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
 
 EPS = 1e-6  # every norm in EMO (BN and LN)
@@ -222,7 +222,7 @@ class EMO(EdgeModel):
         self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f"stages.{i}") for i, d in enumerate(dims)]
         self.norm = LayerNorm2d(dims[-1], eps=EPS)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(dims[-1], num_classes)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -249,10 +249,6 @@ class EMO(EdgeModel):
         if pre_logits:
             return x
         return self.head(self.head_drop(x))
-
-    def reset_classifier(self, num_classes: int):
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 # ----------------------------------------------------------------------------- converter

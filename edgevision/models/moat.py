@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-from edgevision.models.base import EdgeModel
+from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
 
 CFGS = {
@@ -240,14 +240,10 @@ class MOAT(EdgeModel):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(dims[-1], eps=LN_EPS)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(dims[-1], num_classes)
         self.feature_info = [dict(num_chs=cfg["stem"], reduction=2, module="stem")] + [
             dict(num_chs=c, reduction=2 ** (i + 2), module=f"stages.{i}") for i, c in enumerate(dims)
         ]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x):
         return self.stages(self.stem(x))

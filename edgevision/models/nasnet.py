@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgevision.models.base import EdgeModel
+from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
 
 BN_EPS = 1e-3
@@ -236,7 +236,7 @@ class NASNetAMobile(EdgeModel):
         self.num_features = cur
         self.relu = nn.ReLU()
         self.dropout = nn.Dropout(drop_rate)
-        self.last_linear = nn.Linear(cur, num_classes) if num_classes > 0 else nn.Identity()
+        self.last_linear = linear_head(cur, num_classes)
         last = f"cell_{2 * (n + 2) + n - 1}"
         self.feature_info = [
             dict(num_chs=stem_filters, reduction=2, module="conv0"),
@@ -248,7 +248,7 @@ class NASNetAMobile(EdgeModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.last_linear = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.last_linear = linear_head(self.num_features, num_classes)
 
     def _run(self, x):
         """Yields (module name, output) in execution order."""
