@@ -16,6 +16,7 @@ def create_model(
     features_only: bool = False,
     drop_path_rate: float = 0.0,
     checkpoint: str | None = None,
+    pretrained: bool = False,
     out_indices: tuple[int, ...] | None = None,
     **kwargs,
 ) -> nn.Module:
@@ -26,8 +27,17 @@ def create_model(
     ``features_only`` wrapping so the classifier weights are checked too. A checkpoint
     whose head does not match ``num_classes`` fails with the key diff; fine-tuning with a
     new head is done by the training engine.
+
+    pretrained: fetch the registered official weights once into the cache
+    (:mod:`edgevision.hub`) and load them like ``checkpoint``.
     """
     info = model_info(name)
+    if pretrained:
+        if checkpoint is not None:
+            raise ValueError("give either pretrained=True or checkpoint=PATH, not both")
+        from edgevision.hub import fetch_weights
+
+        checkpoint = fetch_weights(name)
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     if num_classes < 0:

@@ -112,17 +112,13 @@ def _register_into_timm(model_name: str, fn) -> None:
         return  # never shadow timm's own model of the same name
 
     def timm_entry(pretrained: bool = False, **kwargs):
-        if pretrained:
-            raise ValueError(
-                f"{model_name}: edgevision never downloads weights; "
-                f"use edgevision.create_model({model_name!r}, checkpoint=PATH)"
-            )
+        # timm passes its pretrained-config plumbing; our weights come from edgevision.hub.
         kwargs.pop("pretrained_cfg", None)
         kwargs.pop("pretrained_cfg_overlay", None)
         kwargs.pop("cache_dir", None)
         from edgevision.factory import create_model
 
-        return create_model(model_name, **kwargs)
+        return create_model(model_name, pretrained=pretrained, **kwargs)
 
     timm_entry.__name__ = model_name
     timm_entry.__qualname__ = model_name

@@ -1,6 +1,7 @@
 """Shared fixtures: the reference folder, deterministic small-input settings."""
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,23 @@ REFERENCE = REPO.parent / "shared" / "reference"
 # One torch thread per test worker: pytest-xdist runs one worker per core.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Tests never reach the network (weights come from local fixtures); loopback stays open."""
+    connect = socket.socket.connect
+
+    def guarded(sock, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in _LOOPBACK:
+            raise OSError(f"tests must not use the network (tried to connect to {address})")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
 @pytest.fixture(scope="session")

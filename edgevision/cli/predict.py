@@ -9,8 +9,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify one image with a model and its weights (top-k with names)")
     p.add_argument("name", help="model name, e.g. efficientnet_lite0")
     p.add_argument("image", help="image file (JPEG, PNG, ...)")
-    p.add_argument("--checkpoint", required=True,
-                   help="weights: ours, timm's, torchvision's or the family's official format")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint",
+                         help="weights: ours, timm's, torchvision's or the family's official format")
+    weights.add_argument("--pretrained", action="store_true",
+                         help="the official weights (downloaded once into the cache)")
     p.add_argument("--topk", type=int, default=5, help="number of classes to print (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -20,7 +23,7 @@ def run(args) -> int:
     from edgevision.factory import create_model
     from edgevision.inference import predict
 
-    model = create_model(args.name, checkpoint=args.checkpoint)
+    model = create_model(args.name, checkpoint=args.checkpoint, pretrained=args.pretrained)
     rows = predict(model, args.image, topk=args.topk)
     if args.json:
         print(json.dumps([dict(rank=r + 1, class_index=i, class_name=n, probability=p)
