@@ -37,7 +37,7 @@ import re
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, Mlp
 
 from edgevision.layers.attention import multihead_attention
 from edgevision.models.base import EdgeModel, linear_head
@@ -77,18 +77,6 @@ class ConvMlp(nn.Module):
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, dim, 1)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -157,7 +145,7 @@ class SelfAttn(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=BLOCK_LN_EPS)
         self.attn = GlobalSparseAttn(dim, num_heads, sample_ratio, attn_drop, drop)
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_LN_EPS)
-        self.mlp = Mlp(dim, dim * MLP_RATIO, drop)
+        self.mlp = Mlp(dim, dim * MLP_RATIO, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):

@@ -27,6 +27,7 @@ import re
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
 
 from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
@@ -38,21 +39,6 @@ CFGS = {
 }
 
 BIAS_GRID = 7  # the attention-bias table's token grid (224 px / 32)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample while training."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
 
 
 class LayerScale(nn.Module):
@@ -124,18 +110,6 @@ class ConvMlp(nn.Module):
         return self.drop(self.norm2(self.fc2(x)))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class Meta4D(nn.Module):
     """x += ls1 * (pool(x) - x); x += ls2 * ConvMlp(x)."""
 
@@ -202,7 +176,7 @@ class Meta3D(nn.Module):
         self.token_mixer = Attention(dim)
         self.ls1 = LayerScale(dim, ls_init)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.ls2 = LayerScale(dim, ls_init)
         self.drop_path = DropPath(drop_path)
 

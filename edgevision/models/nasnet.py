@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 
 from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
@@ -41,18 +42,6 @@ def _pad_crop(op, x):
 def _even(x):
     """Zero-pad bottom/right to even sides (no-op for even maps)."""
     return F.pad(x, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
-
-
-class DropPath(nn.Module):
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        return x * x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep) / keep
 
 
 class SeparableConv2d(nn.Module):
