@@ -69,7 +69,16 @@ class EdgeModel(nn.Module):
         raise NotImplementedError
 
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """Output of each of ``self.stages`` after ``self.stem`` (when there is one); families
+        whose maps are not simply the stage outputs override this."""
+        stem = getattr(self, "stem", None)
+        if stem is not None:
+            x = stem(x)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh classifier for num_classes (0: none); families whose head is not ``head``

@@ -218,13 +218,6 @@ class EdgeViT(EdgeModel):
     def forward_features(self, x):
         return self.stages(x)
 
-    def forward_intermediates(self, x):
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
-
     def forward_head(self, x, pre_logits: bool = False):
         x = self.norm(x).mean((2, 3))
         if pre_logits:

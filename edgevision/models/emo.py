@@ -236,14 +236,6 @@ class EMO(EdgeModel):
     def forward_features(self, x):
         return self.stages(self.stem(x))
 
-    def forward_intermediates(self, x):
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
-
     def forward_head(self, x, pre_logits: bool = False):
         x = self.norm(x).mean((2, 3))
         if pre_logits:
