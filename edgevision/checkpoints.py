@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from edgevision.io import atomic_write, atomic_write_bytes  # noqa: F401  (atomic_write re-exported)
 
 # Containers that training scripts wrap their weights in, tried in this order.
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module", "net", "params")
@@ -95,39 +96,67 @@ def _safe_globals():
     return allow([argparse.Namespace]) if allow else contextlib.nullcontext()
 
 
+# torch words the refusal differently across releases: "Unsupported global: GLOBAL a.b"
+# (2.4-2.5), "Trying to load unsupported GLOBAL a.b whose module a is blocked" (2.6+).
+_REFUSED_GLOBAL = re.compile(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """safetensors files start with an 8-byte little-endian header length, then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); is it truncated?") from e
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read the tensors of a checkpoint file, safely, with clear errors."""
+    """Read the tensors of a checkpoint file, safely, with clear errors.
+
+    The format is recognised by content, not by suffix (safetensors saved as ``.pth`` loads);
+    pickled files load with ``weights_only=True``, and a refused object is named.
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e}); is it truncated?") from e
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        return _read_safetensors(path)
     try:
         with _safe_globals():
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt/unsafe files
-        text = str(e)
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if unsafe:
-            raise CheckpointError(
-                f"{path}: holds a non-tensor object ({unsafe[1]}) that edgevision does not "
-                "unpickle (weights are loaded with weights_only=True); save only the state dict"
-            ) from e
-        detail = text.strip().splitlines()[-1] if "Weights only load failed" not in text else \
-            next((ln.strip() for ln in text.splitlines()[::-1] if "Unsupported" in ln), "unpickling failed")
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch or safetensors weights file ({detail or type(e).__name__}); "
-            "is it truncated, corrupt or a plain pickle?"
-        ) from e
+        raise CheckpointError(describe_load_error(path, e, "PyTorch or safetensors weights file")) from e
     return _unwrap(obj, path)
+
+
+def describe_load_error(path, e: BaseException, what: str) -> str:
+    """One line for a failed ``torch.load(weights_only=True)``: the refused object by name, or
+    the cause, without torch's advice to set weights_only=False (wrong for a corrupt file)."""
+    text = str(e)
+    unsafe = _REFUSED_GLOBAL.search(text)
+    if unsafe:
+        return (f"{path}: holds a non-tensor object ({unsafe[1]}) that edgevision refuses to "
+                "unpickle (weights load with weights_only=True); save only the state dict")
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and "weights_only" not in ln and "Weights only load failed" not in ln]
+    detail = lines[-1] if lines else type(e).__name__
+    return f"{path}: not a readable {what} ({detail[:200]}); is it truncated, corrupt or a plain pickle?"
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -183,6 +212,10 @@ def convert_to_model(model: nn.Module, sd: dict[str, torch.Tensor], converters: 
     for fmt, fn in candidates:
         try:
             converted = fn(dict(sd))
+        except CheckpointMismatchError as e:  # the format, but not this model: its diff competes
+            if best is None or e.size < best[0]:
+                best = (e.size, fmt, (e.missing, e.unexpected, e.mismatched))
+            continue
         except Exception:  # a converter for another format fails on these keys
             continue
         diff = state_dict_diff(model, converted)
@@ -210,29 +243,14 @@ def load_checkpoint(model: nn.Module, path, converters: dict | None = None, mode
     return fmt
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path), then rename onto path: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_model(model: nn.Module, path, model_name: str = "", extra: dict | None = None) -> None:
     """Save the model's weights as safetensors with metadata (model name, edgevision version)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from edgevision import __version__
 
     meta = {"format": "edgevision", "edgevision_version": __version__, "model_name": model_name}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
+    # Serialized in memory, written by Python: a full disk is a clear OSError (see edgevision.io).
+    atomic_write_bytes(path, save(sd, metadata=meta))

@@ -1,12 +1,19 @@
-"""create_model: build a registered model, optionally wrap it for features, load weights."""
+"""create_model: build a registered model, attach its pretrained config, load weights."""
 
 from __future__ import annotations
 
+import json
+
 import torch.nn as nn
 
-from edgevision.checkpoints import load_checkpoint
-from edgevision.models.base import FeatureNet
-from edgevision.registry import model_info
+from edgevision.checkpoints import load_checkpoint, read_metadata
+from edgevision.models.base import (
+    EdgeModel,
+    FeatureNet,
+    check_input_shape,
+    take_indices,
+)
+from edgevision.registry import model_info, pretrained_cfg
 
 
 def create_model(
@@ -18,37 +25,172 @@ def create_model(
     checkpoint: str | None = None,
     pretrained: bool = False,
     out_indices: tuple[int, ...] | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    global_pool: str | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Build ``name`` (timm-like signature).
+    """Build ``name`` (timm's signature).
 
     checkpoint: a file in our format, timm's, torchvision's or the family's official
     format (detected by its keys and converted), loaded strictly before any
     ``features_only`` wrapping so the classifier weights are checked too. A checkpoint
     whose head does not match ``num_classes`` fails with the key diff; fine-tuning with a
-    new head is done by the training engine.
+    new head is done by the training engine. Preprocessing saved with our own weights
+    (mean/std/size/crop) updates ``model.pretrained_cfg``.
 
     pretrained: fetch the registered official weights once into the cache
-    (:mod:`edgevision.hub`) and load them like ``checkpoint``.
+    (:mod:`edgevision.hub`, SHA-256 checked) and load them like ``checkpoint``.
+
+    img_size: the default input size recorded in ``model.pretrained_cfg`` (every family
+    here runs at any size it allows; this is what data pipelines resolve to).
+    global_pool: 'avg' (default) or '' (no pooling; needs num_classes=0).
     """
     info = model_info(name)
+    _check_args(name, num_classes, in_chans, drop_path_rate, checkpoint, pretrained, features_only)
     if pretrained:
         if checkpoint is not None:
             raise ValueError("give either pretrained=True or checkpoint=PATH, not both")
         from edgevision.hub import fetch_weights
 
         checkpoint = fetch_weights(name)
+    model = info.builder(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate, **kwargs)
+    if isinstance(model, EdgeModel):
+        if global_pool is not None:
+            model.set_global_pool(global_pool, num_classes)
+    else:
+        _adopt_foreign(model, in_chans)
+        if global_pool is not None:  # timm's own networks take it through their classifier reset
+            model.reset_classifier(num_classes, global_pool)
+    model.model_name = name
+    model.pretrained_cfg = _model_cfg(name, model, in_chans, num_classes)
+    if img_size is not None:
+        _set_img_size(model, img_size)
+    if checkpoint is not None:
+        model.checkpoint_format = load_checkpoint(model, checkpoint, info.converters, model_name=name)
+        model.pretrained_cfg.update(_saved_preprocessing(checkpoint), file=str(checkpoint))
+    model.default_cfg = model.pretrained_cfg  # timm's older name for the same dict
+    if features_only:
+        cfg = model.pretrained_cfg
+        model = FeatureNet(model, out_indices) if isinstance(model, EdgeModel) else \
+            _timm_features(model, out_indices)
+        model.model_name = name
+        model.pretrained_cfg = model.default_cfg = cfg
+    return model
+
+
+def _check_args(name, num_classes, in_chans, drop_path_rate, checkpoint, pretrained, features_only):
+    for arg, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{arg} must be an int; got {type(value).__name__} {value!r}")
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    model = info.builder(
-        num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate, **kwargs
-    )
-    model.model_name = name
-    if checkpoint is not None:
-        model.checkpoint_format = load_checkpoint(model, checkpoint, info.converters, model_name=name)
-    if features_only:
-        model = FeatureNet(model, out_indices)
-        model.model_name = name
-    return model
+    if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)):
+        raise TypeError(f"drop_path_rate must be a number; got {type(drop_path_rate).__name__}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1); got {drop_path_rate}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, bytes)) and not hasattr(checkpoint, "__fspath__"):
+        raise TypeError(f"checkpoint must be a path; got {type(checkpoint).__name__}")
+    for arg, value in (("pretrained", pretrained), ("features_only", features_only)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{arg} must be True or False; got {value!r}")
+
+
+def _model_cfg(name: str, model: nn.Module, in_chans: int, num_classes: int) -> dict:
+    """Registered cfg of the weights, over timm's own cfg for timm-built models, plus the
+    names of the first conv and the classifier read off the built model."""
+    info = model_info(name)
+    own = dict(getattr(model, "pretrained_cfg", None) or {})
+    if own:  # a timm-built network: timm's cfg describes it; our registry adds what we know
+        cfg = {**own, **info.cfg, "architecture": name}
+        if info.weights_url:  # weights we register replace timm's default ones
+            cfg.update(url=info.weights_url, sha256=info.weights_sha256, hf_hub_id=None)
+        for k, v in pretrained_cfg(name).items():  # what timm's cfg lacks (paper, dataset, ...)
+            if cfg.get(k) is None:
+                cfg[k] = v
+    else:
+        cfg = pretrained_cfg(name)
+    cfg["input_size"] = (in_chans, *tuple(cfg.get("input_size", (3, 224, 224)))[1:])
+    if in_chans != 3:  # per-channel normalisation no longer applies as registered
+        cfg["mean"], cfg["std"] = (sum(cfg["mean"]) / 3,) * in_chans, (sum(cfg["std"]) / 3,) * in_chans
+    smallest = getattr(model, "min_input_size", None)
+    if smallest:
+        cfg["min_input_size"] = (in_chans, smallest, smallest)
+    cfg["first_conv"] = cfg.get("first_conv") if own else _first_conv(model)
+    cfg["classifier"] = cfg.get("classifier") if own else ",".join(getattr(model, "classifier_names", ()))
+    cfg["num_classes"] = cfg.get("num_classes", 1000)  # classes of the registered weights
+    return cfg
+
+
+def _first_conv(model: nn.Module) -> str | None:
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return n
+    return None
+
+
+def _set_img_size(model: nn.Module, img_size) -> None:
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        raise TypeError(f"img_size must be an int or (height, width); got {img_size!r}")
+    smallest = getattr(model, "min_input_size", 1)
+    multiple = getattr(model, "input_multiple", 1)
+    if min(size) < smallest or any(s % multiple for s in size):
+        rule = f" and a multiple of {multiple}" if multiple > 1 else ""
+        raise ValueError(f"img_size={img_size}: {type(model).__name__} needs sides >= {smallest}{rule}")
+    cfg = model.pretrained_cfg
+    cfg["input_size"] = (cfg["input_size"][0], *size)
+    model.img_size = size
+
+
+_SAVED_KEYS = ("mean", "std", "crop_pct", "interpolation", "img_size", "classes")
+
+
+def _saved_preprocessing(checkpoint) -> dict:
+    """Preprocessing stored in the metadata of weights we saved (training engine)."""
+    meta = read_metadata(checkpoint)
+    out = {}
+    for k in _SAVED_KEYS:
+        if k not in meta:
+            continue
+        try:
+            v = json.loads(meta[k])
+        except ValueError:
+            v = meta[k]
+        if k == "img_size":
+            out["input_size"] = (3, int(v), int(v))
+        elif k == "classes":
+            out["label_names"], out["num_classes"], out["dataset"] = tuple(v), len(v), None
+        else:
+            out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _input_check_hook(module: nn.Module, args) -> None:
+    if args:
+        check_input_shape(module, args[0])
+
+
+def _adopt_foreign(model: nn.Module, in_chans: int) -> None:
+    """A timm-built network: give it our one-line input errors (a forward pre-hook; fx and
+    torch.export are unaffected) and the attributes the rest of edgevision reads."""
+    model.in_chans = in_chans
+    if not hasattr(model, "min_input_size"):
+        model.min_input_size = 1
+    model.register_forward_pre_hook(_input_check_hook)
+
+
+def _timm_features(model: nn.Module, out_indices):
+    """features_only for a timm-built network: timm's own feature wrapper."""
+    from timm.models._features import FeatureListNet
+
+    n = len(model.feature_info)
+    indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
+    take, _ = take_indices(n, list(indices), "out_indices")  # ValueError naming the range, as for our families
+    # timm's feature wrapper needs nested Sequentials flattened to find its blocks.N taps
+    net = FeatureListNet(model, out_indices=tuple(take), flatten_sequential=True)
+    net.in_chans = model.in_chans
+    net.min_input_size = model.min_input_size
+    net.register_forward_pre_hook(_input_check_hook)
+    return net

@@ -1,105 +1,103 @@
-"""Single-image ImageNet inference: preprocessing per model/weights, class names, top-k.
+"""Single-image inference: preprocessing and class names from the model's pretrained config.
 
-Preprocessing depends on how the *weights* were trained, not only on the architecture:
-timm/torchvision weights expect ImageNet mean/std, TF-trained EfficientNet-Lite weights
-expect mean = std = 0.5. :func:`preprocess_config` picks the config from the model name and
-the checkpoint format that ``create_model(..., checkpoint=F)`` detected
-(``model.checkpoint_format``).
+Preprocessing depends on how the *weights* were trained. Every model built by
+:func:`edgevision.create_model` carries a timm ``pretrained_cfg`` describing its registered
+weights (size, crop, mean/std, interpolation, label set), updated by the metadata of weights
+we saved; :func:`preprocess_config` resolves it through timm's ``resolve_data_config``, and
+:func:`class_names` reads the labels from it (ImageNet-1k names from timm's bundled
+metadata, offline).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Default eval transform: resize the short side to size / crop_pct, center-crop to size.
-DEFAULT_CONFIG = dict(input_size=224, crop_pct=0.875, interpolation="bicubic",
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def preprocess_config(model: nn.Module) -> dict:
+    """input_size (side), crop_pct, interpolation, mean, std for ``model``'s weights."""
+    from timm.data import resolve_data_config
 
-# Overrides keyed by (model name, checkpoint format); "*" matches any model.
-# TF-trained EfficientNet(-Lite) weights (EfficientNet-PyTorch layout) use TF Lite's
-# 127/128 normalisation and TF's bicubic resize with a 32-px crop padding (224/256).
-PREPROCESS_OVERRIDES: dict[tuple[str, str], dict] = {
-    ("*", "efficientnet_pytorch"): dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-}
+    cfg = resolve_data_config({}, model=model)
+    return dict(input_size=int(cfg["input_size"][-1]), crop_pct=float(cfg["crop_pct"]),
+                interpolation=cfg["interpolation"], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
 
 
-def preprocess_config(model_name: str = "", checkpoint_format: str | None = None) -> dict:
-    """The eval preprocessing config for a model and the format of the weights it loaded."""
-    cfg = dict(DEFAULT_CONFIG)
-    for key in (("*", checkpoint_format), (model_name, checkpoint_format)):
-        cfg.update(PREPROCESS_OVERRIDES.get(key, {}))
-    return cfg
+def class_names(model: nn.Module) -> list[str]:
+    """The labels of the model's classifier, from its pretrained config."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("label_names"):
+        return list(cfg["label_names"])
+    if cfg.get("dataset", "imagenet-1k") == "imagenet-1k":
+        return imagenet_class_names()
+    raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)}: its weights carry no class names")
 
 
 def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet-1k class names (offline, from torchvision's public weight metadata)."""
-    from torchvision.models import MobileNet_V2_Weights
+    """The 1000 ImageNet-1k class names (offline, timm's bundled ImageNet metadata)."""
+    from timm.data import ImageNetInfo
 
-    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+    info = ImageNetInfo("imagenet-1k")
+    # timm stores WordNet lemmas ("tabby, tabby cat"); the first is the common short name.
+    return [info.index_to_description(i).split(", ")[0] for i in range(info.num_classes())]
 
 
 def load_image(image):
-    """A PIL RGB image from a path or a PIL image; unreadable files raise ValueError."""
-    from PIL import Image, UnidentifiedImageError
+    """A PIL RGB image from a path or a PIL image (see :mod:`edgevision.images`)."""
+    from edgevision.images import load_rgb
 
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    path = Path(os.fspath(image))
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now: truncated files fail here, not later
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot read as an image ({e})") from e
+    return load_rgb(image)
 
 
-def preprocess(image, config: dict | None = None) -> torch.Tensor:
+def preprocess(image, config: dict) -> torch.Tensor:
     """PIL image or path -> normalised (1, 3, H, W) float tensor per config."""
     from torchvision.transforms import v2 as T
 
-    cfg = config or DEFAULT_CONFIG
-    size = cfg["input_size"]
-    interp = getattr(T.InterpolationMode, cfg["interpolation"].upper())
+    size = config["input_size"]
+    interp = getattr(T.InterpolationMode, config["interpolation"].upper())
     transform = T.Compose([
         T.PILToTensor(),
-        T.Resize(int(math.floor(size / cfg["crop_pct"])), interpolation=interp, antialias=True),
+        T.Resize(int(math.floor(size / config["crop_pct"])), interpolation=interp, antialias=True),
         T.CenterCrop(size),
         T.ToDtype(torch.float32, scale=True),
-        T.Normalize(cfg["mean"], cfg["std"]),
+        T.Normalize(config["mean"], config["std"]),
     ])
     return transform(load_image(image)).unsqueeze(0)
 
 
+class NonFiniteOutputError(ValueError):
+    """The model produced NaN or infinite outputs (e.g. NaN weights)."""
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, image, topk: int = 5, config: dict | None = None) -> list[tuple[int, str, float]]:
-    """Top-k ImageNet predictions for one image: [(class_index, class_name, probability)].
+    """Top-k predictions for one image: [(class_index, class_name, probability)].
 
-    config defaults to :func:`preprocess_config` for the model's name and checkpoint format.
+    config defaults to :func:`preprocess_config` of the model (its pretrained config).
     """
-    if config is None:
-        config = preprocess_config(getattr(model, "model_name", ""), getattr(model, "checkpoint_format", None))
-    names = imagenet_class_names()
-    num_classes = getattr(model, "num_classes", len(names))
-    if num_classes != len(names):
-        raise ValueError(f"predict needs an ImageNet-1k classifier (1000 classes); model has {num_classes}")
+    if isinstance(topk, bool) or not isinstance(topk, int):
+        raise TypeError(f"topk must be an int; got {topk!r}")
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
+    config = config or preprocess_config(model)
+    names = class_names(model)
+    num_classes = getattr(model, "num_classes", len(names))
+    if num_classes != len(names):
+        raise ValueError(f"the model has {num_classes} classes but its weights name {len(names)}")
     was_training = model.training
     model.eval()
     try:
-        probs = model(preprocess(image, config)).softmax(-1)[0]
+        logits = model(preprocess(image, config))
     finally:
         model.train(was_training)
+    if not torch.isfinite(logits).all():
+        raise NonFiniteOutputError(
+            f"{getattr(model, 'model_name', 'the model')} produced non-finite outputs (NaN/inf): "
+            "are its weights corrupt?")
+    probs = logits.softmax(-1)[0]
     values, indices = probs.topk(min(topk, probs.numel()))
     return [(int(i), names[int(i)], float(p)) for p, i in zip(values, indices)]
 

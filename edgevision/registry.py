@@ -34,6 +34,10 @@ class ModelInfo:
     published_source: str = ""  # where the published figures come from
     input_size: tuple[int, int, int] = (3, 224, 224)
     weights_url: str | None = None  # official weights (never downloaded by tests/demo)
+    weights_sha256: str | None = None  # SHA-256 of the file at weights_url (hub verifies it)
+    # timm pretrained-config overrides for the registered weights: mean, std, crop_pct,
+    # interpolation, license, weights_source, ... (see :func:`pretrained_cfg`).
+    cfg: dict = field(default_factory=dict)
     # name -> converter, e.g. {"timm": f, "torchvision": g, "official": h}; tried by key match.
     converters: dict[str, Converter] = field(default_factory=dict)
     notes: str = ""
@@ -49,6 +53,9 @@ class ModelInfo:
             "published_source": self.published_source,
             "input_size": list(self.input_size),
             "weights_url": self.weights_url,
+            "weights_sha256": self.weights_sha256,
+            "pretrained_cfg": {k: v for k, v in pretrained_cfg(self.name).items()
+                               if k not in ("notes",)},
             "checkpoint_formats": ["edgevision", *self.converters],
             "notes": self.notes,
         }
@@ -67,15 +74,19 @@ def register_model(
     source: str = "",
     input_size: tuple[int, int, int] = (3, 224, 224),
     weights_url: str | None = None,
+    weights_sha256: str | None = None,
     converters: dict[str, Converter] | None = None,
     notes: str = "",
     name: str | None = None,
+    cfg: dict | None = None,
 ):
     """Decorator registering ``fn(**kwargs) -> nn.Module`` under ``name`` (default: fn.__name__).
 
     The builder receives the keyword arguments of :func:`edgevision.create_model` that
     concern the architecture: num_classes, in_chans, drop_rate, drop_path_rate and
-    any family-specific options.
+    any family-specific options. ``cfg`` overrides fields of the model's timm pretrained
+    config (preprocessing of the registered weights, licence, source; see
+    :func:`pretrained_cfg`).
     """
 
     def deco(fn):
@@ -93,8 +104,10 @@ def register_model(
             published_source=source,
             input_size=input_size,
             weights_url=weights_url,
+            weights_sha256=weights_sha256,
             converters=dict(converters or {}),
             notes=notes,
+            cfg=dict(cfg or {}),
         )
         _register_into_timm(model_name, fn)
         return fn
@@ -103,7 +116,13 @@ def register_model(
 
 
 def _register_into_timm(model_name: str, fn) -> None:
-    """Expose a model through timm.create_model, unless timm already owns that name."""
+    """Expose a model through timm.create_model, unless timm already owns that name.
+
+    The entry point honours timm's pretrained plumbing: ``pretrained=True`` loads the file of
+    ``pretrained_cfg_overlay=dict(file=PATH)`` (or of a ``pretrained_cfg`` dict) when given,
+    else fetches the registered weights through :mod:`edgevision.hub`. Its default pretrained
+    config is registered with timm too, so ``timm.models.get_pretrained_cfg(name)`` works.
+    """
     import timm.models._registry as timm_registry
 
     import edgevision.timm_models as home
@@ -112,19 +131,77 @@ def _register_into_timm(model_name: str, fn) -> None:
         return  # never shadow timm's own model of the same name
 
     def timm_entry(pretrained: bool = False, **kwargs):
-        # timm passes its pretrained-config plumbing; our weights come from edgevision.hub.
-        kwargs.pop("pretrained_cfg", None)
-        kwargs.pop("pretrained_cfg_overlay", None)
+        cfg = kwargs.pop("pretrained_cfg", None)
+        overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
         kwargs.pop("cache_dir", None)
         from edgevision.factory import create_model
 
+        if pretrained:
+            source = dict(cfg) if isinstance(cfg, dict) else {}
+            source.update(overlay)
+            if source.get("file"):
+                return create_model(model_name, checkpoint=source["file"], **kwargs)
+            if source.get("url"):
+                from edgevision.hub import fetch_weights
+
+                return create_model(model_name, checkpoint=fetch_weights(model_name, url=source["url"]),
+                                    **kwargs)
         return create_model(model_name, pretrained=pretrained, **kwargs)
 
     timm_entry.__name__ = model_name
     timm_entry.__qualname__ = model_name
     timm_entry.__module__ = home.__name__
     setattr(home, model_name, timm_entry)
+    home.default_cfgs[model_name] = _timm_cfg_dict(model_name)
     timm_registry.register_model(timm_entry)
+
+
+# timm's PretrainedCfg fields; our cfg adds a few (sha256, weights_source, dataset).
+_TIMM_CFG_FIELDS = {
+    "url", "file", "hf_hub_id", "source", "input_size", "test_input_size", "min_input_size",
+    "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "num_classes",
+    "label_offset", "first_conv", "classifier", "license", "description", "origin_url",
+    "paper_name", "notes",
+}
+
+
+def _timm_cfg_dict(name: str) -> dict:
+    return {k: v for k, v in pretrained_cfg(name).items() if k in _TIMM_CFG_FIELDS}
+
+
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # noqa: E402  (one copy: timm's)
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD  # noqa: E402
+
+
+def pretrained_cfg(name: str) -> dict:
+    """The timm-style pretrained config of a registered model's default weights.
+
+    Fields: input_size, min_input_size, crop_pct, mean, std, interpolation, num_classes,
+    url, sha256, license, paper_name, dataset (label set of the classifier), weights_source,
+    notes; family/variant overrides come from ``register_model(cfg=...)``. ``first_conv``
+    and ``classifier`` are filled in from the built model by :func:`edgevision.create_model`.
+    """
+    info = _REGISTRY[name] if name in _REGISTRY else model_info(name)
+    cfg = dict(
+        url=info.weights_url,
+        sha256=info.weights_sha256,
+        input_size=tuple(info.input_size),
+        min_input_size=None,
+        crop_pct=0.875,
+        crop_mode="center",
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        num_classes=1000,
+        dataset="imagenet-1k",
+        license=None,
+        weights_source=None,
+        paper_name=info.paper or None,
+        notes=(info.notes,) if info.notes else None,
+        architecture=name,
+    )
+    cfg.update(info.cfg)
+    return cfg
 
 
 def _ensure_models_imported() -> None:

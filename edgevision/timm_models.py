@@ -6,3 +6,6 @@ them with ``timm.list_models(module="timm_models")`` and appends them to that mo
 """
 
 __all__: list[str] = []
+
+# timm reads a model's default pretrained config from its module's ``default_cfgs``.
+default_cfgs: dict[str, dict] = {}

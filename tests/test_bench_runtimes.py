@@ -75,9 +75,10 @@ def test_compile_runtime_matches_eager(model_and_input):
 @pytest.mark.slow  # export, calibration, then an inductor compile (~1 min on 2 cores)
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao ([quant] extra) not installed")
 def test_pt2e_int8_runtime_keeps_top1_on_pretrained_weights():
+    from test_quantize import _pretrained_lite0
+
     from edgevision.export.quantize import calibration_images, top1_agreement
     from edgevision.profiling.bench import _normalization
-    from test_quantize import _pretrained_lite0
 
     model = _pretrained_lite0()
     norm = _normalization("efficientnet_lite0", model)

@@ -12,7 +12,12 @@ from safetensors.torch import load_file
 import edgevision as ev
 from edgevision.checkpoints import CheckpointMismatchError, load_state_dict_strict
 from edgevision.models.base import InputShapeError
-from edgevision.models.edgevit import GlobalSparseAttn, PatchEmbed, convert_official_checkpoint, edgevit_xxs
+from edgevision.models.edgevit import (
+    GlobalSparseAttn,
+    PatchEmbed,
+    convert_official_checkpoint,
+    edgevit_xxs,
+)
 from edgevision.profiling import count_macs, count_params
 from edgevision.registry import model_info
 from edgevision.testing import manifest_state_dict
@@ -154,7 +159,7 @@ def test_no_pixel_is_dropped_at_sizes_that_are_not_multiples_of_32():
     model = _small_model()
     x = torch.randn(1, 3, 100, 70)
     with torch.no_grad():
-        feats = model.forward_intermediates(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
         assert [tuple(f.shape[2:]) for f in feats] == [(25, 18), (13, 9), (7, 5), (4, 3)]
         y = model(x)
         for edit in ((slice(None), slice(None), -1, slice(None)), (slice(None), slice(None), slice(None), -1)):
@@ -204,3 +209,26 @@ def test_compile_trace_and_onnx_are_not_blocked(tmp_path):
         assert (torch.jit.trace(model, x, check_trace=False)(x) - ref).abs().max() <= 1e-5
     path = export_onnx(model, tmp_path / "edgevit.onnx", (1, 3, 64, 64), dynamic_batch=True, dynamic_size=True)
     assert (run_session(ort_session(path, threads=1), x) - ref).abs().max() <= 1e-4
+
+
+def test_grad_checkpointing_checkpoints_each_stage_and_groups_start_at_the_patch_embedding(monkeypatch):
+    from timm.models import group_parameters
+
+    import edgevision.models.base as base
+
+    calls, real = [], base.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(base, "checkpoint", counting)
+    model = edgevit_xxs(num_classes=5)
+    model.set_grad_checkpointing(True)
+    model.train()(torch.randn(1, 3, 64, 64)).sum().backward()
+    assert calls == list(model.stages)
+    assert model.no_weight_decay() == set()  # no bias or position tables (pos_embed is a conv)
+    groups = group_parameters(model, model.group_matcher())
+    first = next(iter(groups.values()))
+    assert sorted(first) == sorted(n for n, _ in model.named_parameters() if n.startswith("stages.0.downsample."))
+    assert sorted(n for g in groups.values() for n in g) == sorted(n for n, _ in model.named_parameters())

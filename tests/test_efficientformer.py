@@ -215,7 +215,7 @@ def test_runs_at_other_sizes(timm_and_ours, size):
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         y = ours(x)
-        feats = ours.forward_intermediates(x)
+        feats = ours.forward_intermediates(x, intermediates_only=True)
     assert y.shape == (1, 1000) and torch.isfinite(y).all()
     assert [f.shape[1] for f in feats] == [48, 96, 224, 448]
     assert feats[-1].shape[-2:] == (-(-size[0] // 32), -(-size[1] // 32))
@@ -286,3 +286,51 @@ def test_property_any_size(timm_and_ours, h, w):
         y = m(torch.randn(1, 3, h, w))
     assert y.shape == (1, 1000) and torch.isfinite(y).all()
 
+
+
+@pytest.mark.parametrize("grid", [(7, 7), (1, 1), (1, 5), (2, 3), (4, 5), (10, 13)])
+def test_attention_bias_resize_is_torch_bicubic(grid):
+    """The resize is written from its bicubic taps (no branch on the grid, for torch.export);
+    it must be F.interpolate(bicubic, align_corners=True): equal in float64, exact at 7x7."""
+    h, w = grid
+    table = torch.randn(8, 49, generator=torch.Generator().manual_seed(h * 100 + w), dtype=torch.float64)
+    ref = torch.nn.functional.interpolate(table.reshape(1, 8, 7, 7), size=grid, mode="bicubic",
+                                          align_corners=True).reshape(8, h * w)
+    bias = attention_bias(table, grid)
+    assert bias.shape == (8, h * w, h * w)
+    assert (bias[:, 0, :] - ref).abs().max() <= 1e-12  # query (0, 0): the bias is t[|dy|, |dx|]
+    if grid == (7, 7):
+        assert torch.equal(bias[:, 0, :], table)
+    # the bias depends only on |dy|, |dx|: query (y, x) to key (y', x') is t[|y - y'|, |x - x'|]
+    y, x, y2, x2 = h - 1, 0, 0, w - 1
+    assert bias[:, y * w + x, y2 * w + x2].equal(ref[:, abs(y - y2) * w + abs(x - x2)])
+
+
+def test_timm_api_two_heads_no_decay_on_bias_tables_and_unpooled_tokens():
+    m = efficientformer_l1(num_classes=10)
+    assert m.get_classifier() == (m.head, m.head_dist)
+    assert m.no_weight_decay() == {n for n, _ in m.named_parameters() if n.endswith("attention_biases")} != set()
+    m.reset_classifier(5)
+    assert m.head.out_features == m.head_dist.out_features == 5
+    m.reset_classifier(0, global_pool="")
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        tokens = m.eval()(x)
+        assert tokens.shape == (1, 2 * 3, 448)  # normalised (B, N, C) tokens, as timm's
+        assert torch.equal(tokens, m.forward_features(x))
+
+
+def test_grad_checkpointing_checkpoints_each_stage(monkeypatch):
+    import edgevision.models.base as base
+
+    calls, real = [], base.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(base, "checkpoint", counting)
+    model = efficientformer_l1(num_classes=5)
+    model.set_grad_checkpointing(True)
+    model.train()(torch.randn(1, 3, 64, 64)).sum().backward()
+    assert calls == list(model.stages)

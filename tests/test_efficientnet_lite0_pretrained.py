@@ -29,7 +29,24 @@ def photos():
 
 
 def test_weights_are_detected_and_converted(lite0):
+    import timm
+    import torch
+
     assert lite0.checkpoint_format == "efficientnet_pytorch"
+    assert type(lite0) is type(timm.create_model("efficientnet_lite0"))  # timm's network, timm's keys
+    src = torch.load(str(lite0_weights_path()), map_location="cpu", weights_only=True)
+    own = lite0.state_dict()
+    # Paired by structure: stem, the first (depthwise-separable) block, the last block, head.
+    for ours, theirs in [("conv_stem.weight", "_conv_stem.weight"), ("bn1.weight", "_bn0.weight"),
+                         ("blocks.0.0.conv_dw.weight", "_blocks.0._depthwise_conv.weight"),
+                         ("blocks.0.0.conv_pw.weight", "_blocks.0._project_conv.weight"),
+                         ("blocks.6.0.conv_pw.weight", "_blocks.15._expand_conv.weight"),
+                         ("blocks.6.0.bn3.bias", "_blocks.15._bn2.bias"),
+                         ("conv_head.weight", "_conv_head.weight"), ("classifier.weight", "_fc.weight")]:
+        assert torch.equal(own[ours], src[theirs]), ours
+    # TF's BN eps 1e-3 folded into running_var for timm's eps 1e-5 (exact in eval).
+    assert lite0.bn1.eps == 1e-5
+    torch.testing.assert_close(own["bn2.running_var"], src["_bn1.running_var"] + (1e-3 - 1e-5), rtol=0, atol=0)
 
 
 def test_real_predictions(lite0, photos):

@@ -250,3 +250,23 @@ def test_compile_trace_and_onnx_are_not_blocked(tmp_path, window_mode):
         assert (torch.jit.trace(model, x, check_trace=False)(x) - ref).abs().max() <= 1e-5
     path = export_onnx(model, tmp_path / "emo.onnx", (1, 3, 64, 64), dynamic_batch=True, dynamic_size=True)
     assert (run_session(ort_session(path, threads=1), x) - ref).abs().max() <= 1e-4
+
+
+def test_grad_checkpointing_checkpoints_each_stage_in_training_only(monkeypatch):
+    import edgevision.models.base as base
+
+    calls, real = [], base.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(base, "checkpoint", counting)
+    model = emo_1m(num_classes=5)
+    model.set_grad_checkpointing(True)
+    model.train()(torch.randn(1, 3, 64, 64)).sum().backward()
+    assert calls == list(model.stages)
+    calls.clear()
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 64, 64))
+    assert calls == []

@@ -1,4 +1,5 @@
-"""tiny-MOAT: params vs published, MACs reported, input sizes, window attention."""
+"""tiny-MOAT: params vs published, MACs reported, input sizes, window attention, the model
+contract (levels, pooling, weight decay, breakpoints), fx tracing and dynamic-size export."""
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def model():
 def test_sizes_multiple_of_32(model, size):
     with torch.no_grad():
         y = model(torch.randn(1, 3, *size))
-        feats = model.forward_intermediates(torch.randn(1, 3, *size))
+        feats = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
     assert y.shape == (1, 1000) and torch.isfinite(y).all()
     assert [f.shape[-1] for f in feats] == [size[1] // r for r in (2, 4, 8, 16, 32)]
 
@@ -145,7 +146,8 @@ def _attention_calls(name, side, **kw):
     with torch.device("meta"):
         m = getattr(moat, name)(**kw)
         shapes = []
-        hooks = [mod.register_forward_hook(lambda mod, args, out: shapes.append(args[0].shape[:3]))
+        # attention input: (B, windows, h, w, C)
+        hooks = [mod.register_forward_hook(lambda mod, args, out: shapes.append(args[0].shape[1:4]))
                  for mod in m.modules() if isinstance(mod, moat.RelPosAttention)]
         m(torch.empty(1, 3, side, side))
     for h in hooks:
@@ -166,3 +168,145 @@ def test_global_up_to_256_windows_beyond():
     assert d448 == [(4, 14, 14)] * 7 + [(4, 7, 7)] * 2  # deeplab2's windows tile 448 exactly
     g512 = _attention_calls("tiny_moat_0", 512, attn_mode="global")
     assert g512 == [(1, 32, 32)] * 7 + [(1, 16, 16)] * 2
+    # per side: a side that fits is not padded (14 rows fit 16, 32 columns make 2 windows)
+    with torch.device("meta"):
+        m = moat.tiny_moat_0()
+        shapes = []
+        hooks = [mod.register_forward_hook(lambda mod, args, out: shapes.append(tuple(args[0].shape[1:4])))
+                 for mod in m.modules() if isinstance(mod, moat.RelPosAttention)]
+        m(torch.empty(1, 3, 224, 512))
+    for h in hooks:
+        h.remove()
+    assert shapes == [(2, 14, 16)] * 7 + [(2, 7, 8)] * 2
+
+
+# ----------------------------------------------------------------------------- the model contract
+def test_breakpoints_follow_the_windows():
+    with torch.device("meta"):
+        assert moat.tiny_moat_0().size_breakpoints == (256,)  # global up to 256 px
+        assert moat.tiny_moat_0(window_size=(14, 7)).size_breakpoints == (224,)
+        assert moat.tiny_moat_0(window_size=(4, 4)).size_breakpoints == (64, 128)
+        assert moat.tiny_moat_0(attn_mode="global").size_breakpoints == ()
+
+
+@pytest.mark.parametrize("side,windows", [(256, 1), (288, 4)])
+def test_breakpoint_is_where_attention_turns_windowed(side, windows):
+    calls = _attention_calls("tiny_moat_0", side)
+    assert {c[0] for c in calls} == {windows}
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"pool_size": 4}, "pool_size"), ({"pool_size": True}, "pool_size"),
+    ({"window_size": (16,)}, "window_size"), ({"window_size": (16, 0)}, "window_size"),
+    ({"window_size": 16}, "window_size"), ({"attn_mode": "local"}, "attn_mode"),
+])
+def test_bad_options_raise_clearly(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        moat.tiny_moat_0(**kwargs)
+
+
+def test_no_weight_decay_covers_the_position_tables(model):
+    names = model.no_weight_decay()
+    tables = {n for n, _ in model.named_parameters() if n.endswith("attn.rel_pos")}
+    assert len(tables) == 9 and names == tables
+
+
+def test_levels_pooling_and_unpooled_head(model):
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        maps, last = model._forward_levels(x, 2)
+        assert [m.shape[1:] for m in maps] == [(32, 32, 48), (32, 16, 24), (64, 8, 12)]
+        assert last is maps[-1]
+        final, inter = model.forward_intermediates(x, indices=[1, 4])
+        assert [f.shape[1] for f in inter] == [32, 256] and torch.equal(final, inter[-1])
+        feats = model.forward_features(x)
+        assert torch.allclose(model.forward_head(feats), model(x), atol=1e-6)
+        pooled = model.forward_head(feats, pre_logits=True)
+        assert pooled.shape == (1, 256)
+    unpooled = ev.create_model("tiny_moat_0", num_classes=0, global_pool="").eval()
+    unpooled.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("head.")})
+    with torch.no_grad():
+        fmap = unpooled(x)
+    assert fmap.shape == (1, 256, 2, 3)
+    # the head's channel norm per position; its mean-then-norm is the pooled model's pre-logits
+    with torch.no_grad():
+        ref = model.norm(feats.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    assert torch.allclose(fmap, ref, atol=1e-6)
+
+
+def _small_window_model():
+    """tiny-MOAT-0 with 4 / 2 windows: global attention up to 64 px, windows beyond."""
+    torch.manual_seed(0)
+    m = moat.tiny_moat_0(window_size=(4, 2)).eval()
+    with torch.no_grad():  # position tables and BN statistics that matter
+        for mod in m.modules():
+            if isinstance(mod, moat.RelPosAttention):
+                mod.rel_pos.normal_()
+            elif isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+def test_fx_symbolic_trace_matches_eager():
+    m = _small_window_model()
+    gm = torch.fx.symbolic_trace(m)
+    called = {n.target.__name__ for n in gm.graph.nodes if n.op == "call_function"
+              and hasattr(n.target, "__name__")}
+    assert {"window_partition", "window_merge", "rel_pos_attention", "tf_same_pad"} <= called
+    with torch.no_grad():
+        for side in (64, 96):  # global / windowed: the size logic runs at call time
+            x = torch.randn(1, 3, side, side)
+            assert torch.equal(gm(x), m(x))
+
+
+def test_create_feature_extractor():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    m = _small_window_model()
+    fe = create_feature_extractor(m, return_nodes={"stem": "s2", "stages.1": "s8", "stages.3": "s32"})
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        out = fe(x)
+        ref = m.forward_intermediates(x, indices=[0, 2, 4], intermediates_only=True)
+    assert list(out) == ["s2", "s8", "s32"]
+    for got, want in zip(out.values(), ref):
+        assert torch.equal(got, want)
+
+
+def test_block_mask_equals_window_partition():
+    """The branch-free path used under symbolic sizes (the whole map, attention confined to the
+    tiles by a -inf block mask) gives the windowed attention, padded windows included."""
+    blk = _block(pos_size=4, dim=64)
+    for hw in ((6, 6), (8, 8), (4, 10)):
+        x = torch.randn(2, *hw, 64)
+        with torch.no_grad():
+            windowed = blk._attend(x)
+            masked = blk.attn(x[:, None], None, 4)[:, 0]
+        assert (windowed - masked).abs().max() < 1e-5
+
+
+def test_dynamic_export_of_a_block_crosses_the_switch():
+    """Exported with a map that fits the window (global), the program is right on larger maps
+    (windows, with and without padding) and smaller ones: the switch is not frozen."""
+    blk = _block(pos_size=4, dim=64)
+    h, w = torch.export.Dim("h", min=1, max=32), torch.export.Dim("w", min=1, max=32)
+    ep = torch.export.export(blk, (torch.randn(1, 64, 4, 4),), dynamic_shapes={"x": {2: 2 * h, 3: 2 * w}})
+    with torch.no_grad():
+        for hw in ((2, 2), (6, 6), (8, 12), (12, 4)):
+            x = torch.randn(1, 64, *hw)
+            assert (ep.module()(x) - blk(x)).abs().max() < 1e-4, hw
+
+
+@pytest.mark.slow
+def test_dynamic_export_of_the_model_on_both_sides_of_the_breakpoint():
+    """Whole model, windows 4 / 2 (breakpoint 64 px): exported at 64 (global attention), the
+    program matches eager at unseen sizes above the breakpoint (96: padded windows, 128 x 160)."""
+    m = _small_window_model()
+    assert m.size_breakpoints == (64,)
+    h, w = torch.export.Dim("h", min=2, max=16), torch.export.Dim("w", min=2, max=16)
+    ep = torch.export.export(m, (torch.randn(1, 3, 64, 64),), dynamic_shapes={"x": {2: 32 * h, 3: 32 * w}})
+    with torch.no_grad():
+        for hw in ((96, 96), (128, 160)):
+            x = torch.randn(1, 3, *hw)
+            assert (ep.module()(x) - m(x)).abs().max() < 1e-4, hw

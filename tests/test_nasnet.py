@@ -113,7 +113,55 @@ def test_features_only():
 def test_property_any_size(model, h, w):
     with torch.no_grad():
         y = model(torch.randn(1, 3, h, w))
-        feats = model.forward_intermediates(torch.randn(1, 3, h, w))
+        feats = model.forward_intermediates(torch.randn(1, 3, h, w), intermediates_only=True)
     assert y.shape == (1, 1000) and torch.isfinite(y).all()
     assert [f.shape[1] for f in feats] == [32, 44, 264, 528, 1056]
     assert all(torch.isfinite(f).all() for f in feats)
+
+
+def test_grad_checkpointing_checkpoints_every_cell_with_the_same_gradients(monkeypatch):
+    import copy
+
+    import edgevision.models.base as base
+
+    calls, real = [], base.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(base, "checkpoint", counting)
+    torch.manual_seed(0)
+    plain = nasnet_a_mobile(num_classes=5, drop_rate=0.0)
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing(True)
+    x = torch.randn(1, 3, 64, 64)
+    for m in (plain, ckpt):
+        m.train()(x).square().sum().backward()
+    cells = [ckpt.cell_stem_0, ckpt.cell_stem_1] + [getattr(ckpt, n) for n in ckpt.cell_names]
+    assert [c.func for c in calls] == cells
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_classifier_and_parameter_groups_follow_the_port_names():
+    from timm.models import group_parameters
+
+    m = nasnet_a_mobile()
+    assert m.get_classifier() is m.last_linear
+    m.reset_classifier(7)
+    assert m.last_linear.out_features == 7 and m.num_classes == 7
+    m.reset_classifier(0, global_pool="")
+    with torch.no_grad():
+        y = m.eval()(torch.randn(1, 3, 64, 64))
+    assert y.shape == (1, 1056, 2, 2) and (y >= 0).all()  # the ReLU'd final map
+    # groups in execution order: the reduction cells sit between cell_3 and cell_6, cell_9 and cell_12
+    m = nasnet_a_mobile()
+    order = list(group_parameters(m, m.group_matcher()).values())
+    first_group = {n.split(".")[0]: i for i, g in enumerate(order) for n in g}
+    assert first_group["conv0"] == first_group["cell_stem_1"] == 0
+    assert first_group["cell_3"] < first_group["reduction_cell_0"] < first_group["cell_6"]
+    assert first_group["cell_9"] < first_group["reduction_cell_1"] < first_group["cell_12"]
+    coarse = group_parameters(m, m.group_matcher(coarse=True))
+    assert len(coarse) == 5  # stem, three stacks, classifier
+    assert m.no_weight_decay() == set()

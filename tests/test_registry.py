@@ -17,7 +17,8 @@ def test_every_model_builds_on_meta_and_carries_metadata():
         assert info.published_params and info.published_source, name
         with torch.device("meta"):
             model = ev.create_model(name)
-        assert isinstance(model, EdgeModel), name
+        # our families subclass EdgeModel; the mobile CNNs are timm's own networks
+        assert isinstance(model, EdgeModel) or type(model).__module__.startswith("timm.models."), name
         assert model.num_classes == 1000 and model.num_features > 0, name
         assert len(model.feature_info) >= 4, name
 

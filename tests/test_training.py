@@ -159,7 +159,7 @@ def test_finetune_new_head_frozen_backbone_and_resume_mismatch(tiny_data, tmp_pa
     half = train(_tiny(three, tmp_path / "half", epochs=1, checkpoint=base["weights"], batch_size=4,
                        head_width_scale=0.5))
     w = load_file(half["weights"])
-    assert w["head_fc.weight"].shape[0] == before["head_fc.weight"].shape[0] // 2
+    assert w["conv_head.weight"].shape[0] == before["conv_head.weight"].shape[0] // 2
     from edgevision.training import evaluate
 
     assert evaluate(MODEL, str(three), half["weights"], str(tmp_path / "ev"), workers=0)["num_images"] == 6

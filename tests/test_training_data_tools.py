@@ -13,9 +13,9 @@ from PIL import Image
 
 from edgevision.checkpoints import CheckpointError, save_model
 from edgevision.cli import main
+from edgevision.training import checkpointing as ckpt
 from edgevision.training import data as D
 from edgevision.training import make_config, train
-from edgevision.training import checkpointing as ckpt
 from edgevision.training.engine import scaled_lr
 
 MODEL = "mobilenetv3_small_075"
@@ -113,8 +113,10 @@ def test_sample_data_cli_turns_npz_arrays_into_an_imagefolder(tmp_path, capsys):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     assert main(["sample-data", str(tmp_path / "t3"), "--npz", str(tmp_path / "junk.npz")]) == 2
     assert "cannot read as .npz" in capsys.readouterr().err
-    assert main(["sample-data", str(tmp_path / "t4"), "--train-per-class", "0"]) == 2
-    assert "--train-per-class must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused by the option's type, before any work
+        main(["sample-data", str(tmp_path / "t4"), "--train-per-class", "0"])
+    assert e.value.code == 2
+    assert "--train-per-class: 0 is out of range: must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_recipes_are_data_and_lr_scales_linearly_with_the_global_batch():

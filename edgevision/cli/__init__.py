@@ -15,10 +15,17 @@ import sys
 _COMMAND_MODULES = ["models", "fetch", "predict", "bench", "export", "train", "evaluate", "demo"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, and where help is), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgevision import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgevision",
         description="Efficient vision networks for phones and edge devices: "
         "list, inspect, benchmark, export and train.",
@@ -32,11 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from edgevision.checkpoints import CheckpointError
+    from edgevision.io import WriteError
     from edgevision.models.base import InputShapeError
     from edgevision.registry import UnknownModelError
 
-    return (UnknownModelError, CheckpointError, InputShapeError, FileNotFoundError,
-            NotADirectoryError, PermissionError, ValueError)
+    return (UnknownModelError, CheckpointError, InputShapeError, WriteError, ValueError,
+            OSError)
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of an error users cause, on one line ("[Errno 17] File exists: 'x'" ->
+    "x: file exists")."""
+    if isinstance(e, OSError) and e.strerror and e.filename and type(e).__str__ is OSError.__str__:
+        return f"{e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}"
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except _user_errors() as e:
-        print(f"edgevision {args.command}: error: {e}", file=sys.stderr)
+        print(f"edgevision {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"edgevision {args.command}: interrupted", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 import sys
 
+from edgevision.cli._args import int_range, non_negative_int, positive_int
+
 
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -28,11 +30,11 @@ def add_parser(sub) -> None:
     p.add_argument("--runtime", default="eager,onnxruntime",
                    help=f"comma-separated, from: {', '.join(RUNTIMES)} (default eager,onnxruntime)")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    p.add_argument("--size", type=int, default=224, help="input side in pixels (default 224)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up runs (default 10)")
-    p.add_argument("--iters", type=int, default=50, help="timed runs (default 50)")
-    p.add_argument("--rounds", type=int, default=5,
+    p.add_argument("--size", type=int_range(8, 4096), default=224, help="input side in pixels (default 224)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--warmup", type=non_negative_int, default=10, help="warm-up runs (default 10)")
+    p.add_argument("--iters", type=positive_int, default=50, help="timed runs (default 50)")
+    p.add_argument("--rounds", type=positive_int, default=5,
                    help="the timed runs are split into this many chunks, alternating between the "
                    "runtimes of a model so that load changes hit all alike (default 5)")
     p.add_argument("--compile-mode", default="default",

@@ -24,12 +24,12 @@ def add_parser(sub) -> None:
 
 
 def _sample_photo(out: Path) -> Path:
-    """scikit-image's bundled photo of a cat, written as a JPEG file like a user's image."""
-    from PIL import Image
-    from skimage import data
+    """The bundled photo of a cat (CC0), copied as a JPEG file like a user's image."""
+    from edgevision.images import PHOTO_DIR
+    from edgevision.io import atomic_write_bytes
 
     path = out / "chelsea.jpg"
-    Image.fromarray(data.chelsea()).save(path, quality=95)
+    atomic_write_bytes(path, (PHOTO_DIR / "chelsea.jpg").read_bytes())
     return path
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
+from edgevision.cli._args import int_range
 from edgevision.cli._console import console
 from edgevision.factory import create_model
+from edgevision.jsonout import to_json
 from edgevision.profiling.counting import count_macs, count_params, module_summary
 from edgevision.registry import list_models, model_info
 
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("list", help="list models with params, MACs and paper top-1")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'emo*'")
     p.add_argument("--family", help="only this family (e.g. emo, edgevit, mobilenetv3)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=int_range(8, 4096), default=None,
                    help="input side for the MAC count (default: each model's own size, "
                    "the one its published MACs refer to: 224, or 256 for tiny-MOAT)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -85,7 +85,7 @@ def _m(v) -> str:
 def run_list(args) -> int:
     rows = zoo_rows(args.pattern, args.family, args.size)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(to_json(rows, indent=2))
         return 0
     if not rows:
         print(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
@@ -107,16 +107,18 @@ def run_list(args) -> int:
 
 
 def run_info(args) -> int:
+    from edgevision.models.base import check_input_shape
+
     info = model_info(args.name)
     h, w = parse_size(args.size)
     model = _meta_model(args.name)
-    model.check_input(torch.empty(1, model.in_chans, h, w, device="meta"))
+    check_input_shape(model, torch.empty(1, model.in_chans, h, w, device="meta"))
     stages = module_summary(model, (1, model.in_chans, h, w))
     total = dict(params=count_params(model), macs=count_macs(model, (1, model.in_chans, h, w)))
     meta = info.as_dict()
     meta["feature_info"] = model.feature_info
     if args.json:
-        print(json.dumps(dict(metadata=meta, input_size=[h, w], stages=stages, total=total), indent=2))
+        print(to_json(dict(metadata=meta, input_size=[h, w], stages=stages, total=total), indent=2))
         return 0
     from rich.table import Table
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+from edgevision.cli._args import int_range
+from edgevision.jsonout import to_json
 
 
 def add_parser(sub) -> None:
@@ -14,7 +15,7 @@ def add_parser(sub) -> None:
                          help="weights: ours, timm's, torchvision's or the family's official format")
     weights.add_argument("--pretrained", action="store_true",
                          help="the official weights (downloaded once into the cache)")
-    p.add_argument("--topk", type=int, default=5, help="number of classes to print (default 5)")
+    p.add_argument("--topk", type=int_range(1, 1000), default=5, help="number of classes to print (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -26,14 +27,16 @@ def run(args) -> int:
     model = create_model(args.name, checkpoint=args.checkpoint, pretrained=args.pretrained)
     rows = predict(model, args.image, topk=args.topk)
     if args.json:
-        print(json.dumps([dict(rank=r + 1, class_index=i, class_name=n, probability=p)
+        print(to_json([dict(rank=r + 1, class_index=i, class_name=n, probability=p)
                           for r, (i, n, p) in enumerate(rows)], indent=2))
         return 0
     from rich.table import Table
 
     from edgevision.cli._console import console
 
-    table = Table(title=f"{args.name} on {args.image} (weights: {model.checkpoint_format})")
+    cfg = model.pretrained_cfg
+    table = Table(title=f"{args.name} on {args.image} (weights: {model.checkpoint_format}; "
+                        f"input {cfg['input_size'][-1]} px, mean {tuple(round(m, 3) for m in cfg['mean'])})")
     for col in ("rank", "class", "name", "probability"):
         table.add_column(col, justify="left" if col == "name" else "right")
     for r, (i, n, p) in enumerate(rows):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgevision.cli._args import float_range, int_range, non_negative_int, positive_int
+
 
 def _scale(text: str) -> tuple[float, float]:
     try:
@@ -29,47 +31,47 @@ def add_parser(sub) -> None:
     p.add_argument("--output", default=None, help="run folder (default runs/train/MODEL)")
     p.add_argument("--recipe", choices=list_recipes(), help="named defaults: " + ", ".join(list_recipes()))
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="per process")
-    g.add_argument("--lr", type=float, help="absolute lr (default: recipe lr scaled to the global batch)")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup-epochs", type=int)
-    g.add_argument("--min-lr", type=float)
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--batch-size", type=positive_int, help="per process")
+    g.add_argument("--lr", type=float_range(0.0, 10.0, lo_open=True), help="absolute lr (default: recipe lr scaled to the global batch)")
+    g.add_argument("--weight-decay", type=float_range(0.0, 1.0))
+    g.add_argument("--warmup-epochs", type=non_negative_int)
+    g.add_argument("--min-lr", type=float_range(0.0, 10.0))
     g.add_argument("--opt", help="timm optimizer name (default adamw)")
     g.add_argument("--sched", help="timm scheduler name (default cosine)")
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--drop-path", type=float)
-    g.add_argument("--clip-grad", type=float, help="max gradient norm")
+    g.add_argument("--label-smoothing", type=float_range(0.0, 1.0, hi_open=True))
+    g.add_argument("--drop-path", type=float_range(0.0, 1.0, hi_open=True))
+    g.add_argument("--clip-grad", type=float_range(0.0, 1e4, lo_open=True), help="max gradient norm")
     g.add_argument("--ema", action="store_true", default=None, help="keep a timm ModelEmaV3 and evaluate it")
     g.add_argument("--no-ema", dest="ema", action="store_false", help="no EMA even where the recipe keeps one")
-    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--ema-decay", type=float_range(0.0, 1.0, hi_open=True))
     g.add_argument("--amp", nargs="?", const="auto", help="mixed precision: auto (bf16 on CPU), bf16 or fp16")
     g.add_argument("--channels-last", action="store_true", default=None)
     g.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under torchrun")
     g = p.add_argument_group("data")
-    g.add_argument("--img-size", type=int)
-    g.add_argument("--workers", type=int, help="DataLoader workers per process")
+    g.add_argument("--img-size", type=int_range(8, 4096))
+    g.add_argument("--workers", type=non_negative_int, help="DataLoader workers per process")
     g.add_argument("--auto-augment", help="rand-m9-mstd0.5 (RandAugment), trivialaugment, ...")
-    g.add_argument("--mixup", type=float, help="Mixup alpha (0 = off)")
-    g.add_argument("--cutmix", type=float, help="CutMix alpha (0 = off)")
+    g.add_argument("--mixup", type=float_range(0.0, 10.0), help="Mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=float_range(0.0, 10.0), help="CutMix alpha (0 = off)")
     g.add_argument("--crop-scale", type=_scale, help="RandomResizedCrop scale LO,HI")
-    g.add_argument("--val-fraction", type=float, help="held-out share when there is no val/ folder")
+    g.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), help="held-out share when there is no val/ folder")
     g.add_argument("--scan", choices=["auto", "full", "header"],
                    help="check images at start: full decode, headers only, auto (full up to 50k files)")
     g = p.add_argument_group("fine-tuning and runs")
     g.add_argument("--checkpoint", help="pretrained weights: all but the classifier are loaded, new head")
     g.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
-    g.add_argument("--head-width-scale", type=float,
-                   help="re-initialise a narrower pre-logits layer, e.g. 0.5 (MobileNetV3's head_fc)")
+    g.add_argument("--head-width-scale", type=float_range(0.0, 4.0, lo_open=True),
+                   help="re-initialise a narrower pre-logits layer, e.g. 0.5 (MobileNetV3's conv_head)")
     g.add_argument("--resume", nargs="?", const="auto",
                    help="checkpoint file/folder to continue from (default: OUTPUT/last.pth when present)")
     g.add_argument("--no-resume", dest="resume", action="store_const", const="none",
                    help="start afresh even when OUTPUT/last.pth exists (it is overwritten)")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int_range(0, 2**32 - 1))
     g.add_argument("--deterministic", action="store_true", default=None)
     g.add_argument("--device", help="cpu, cuda (default: cuda when available)")
-    g.add_argument("--threads", type=int, help="torch threads per process")
-    g.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
+    g.add_argument("--threads", type=positive_int, help="torch threads per process")
+    g.add_argument("--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke runs)")
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="also log to OUTPUT/tensorboard (needs: pip install tensorboard)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -80,15 +82,15 @@ def add_parser(sub) -> None:
                        "dataset-fashion-mnist is installed) or the arrays of a .npz file as DIR/train/<class>/*.png "
                        "and DIR/val/<class>/*.png: the folder layout `edgevision train --data DIR` reads.")
     s.add_argument("output", help="folder to create (DIR/train/<class>/*.png, DIR/val/...)")
-    s.add_argument("--train-per-class", type=int, default=200, help="first N training images per class")
-    s.add_argument("--val-per-class", type=int, default=100, help="first N test images per class (val/)")
+    s.add_argument("--train-per-class", type=positive_int, default=200, help="first N training images per class")
+    s.add_argument("--val-per-class", type=positive_int, default=100, help="first N test images per class (val/)")
     s.add_argument("--all", action="store_true", help="every image of the source (70,000 with the full set)")
     s.add_argument("--source", choices=["auto", "full", "vendored"], default="auto",
                    help="full Fashion-MNIST when installed (auto), or the bundled subset")
     s.add_argument("--npz", help="your arrays instead: x_train, y_train [, x_test, y_test, class_names] "
                    "(uint8 N,H,W or N,H,W,C; integer labels)")
     s.add_argument("--classes", help="comma-separated class names for --npz (default: class_names or class_<i>)")
-    s.add_argument("--val-fraction", type=float, default=0.0,
+    s.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), default=0.0,
                    help="with --npz and no x_test: hold out this share of each class as val/")
     s.set_defaults(func=run_sample_data)
 
@@ -114,7 +116,11 @@ def run(args) -> int:
 def run_sample_data(args) -> int:
     from pathlib import Path
 
-    from edgevision.training.data import export_npz, prepare_sample_dataset, sample_source
+    from edgevision.training.data import (
+        export_npz,
+        prepare_sample_dataset,
+        sample_source,
+    )
 
     if args.npz:
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
@@ -123,9 +129,6 @@ def run_sample_data(args) -> int:
                   if (root / split).is_dir()}
         print(f"wrote {args.npz} as ImageFolder: " + ", ".join(f"{root / k} ({n} images)" for k, n in counts.items()))
         return 0
-    for name in ("train_per_class", "val_per_class"):
-        if getattr(args, name) < 1 and not args.all:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (or use --all)")
     n_tr, n_va = (None, None) if args.all else (args.train_per_class, args.val_per_class)
     root = prepare_sample_dataset(args.output, n_tr, n_va, args.source)
     source = sample_source(root)

@@ -9,7 +9,9 @@ A (conv, bn) pair (BN of exact torch type, not a subclass that does more) is fol
 when the BN's input *is* the conv's output, that output has no other consumer (so nothing
 else sees the pre-BN values, e.g. a residual), and each module is called exactly once.
 The fold itself is torch's ``fuse_conv_bn_eval`` / ``fuse_linear_bn_eval``; the BN is
-replaced by ``nn.Identity``. A pre-norm (bn, conv) pair, BN output fed only to a conv
+replaced by ``nn.Identity``. timm's ``BatchNormAct2d`` (BN, then dropout and activation: the
+norm of timm's CNNs) folds the same way after a conv and is replaced by its dropout and
+activation. A pre-norm (bn, conv) pair, BN output fed only to a conv
 without padding (or BatchNorm1d to a linear), is folded the other way round.
 """
 
@@ -26,6 +28,20 @@ from torch.overrides import TorchFunctionMode
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _is_bn_act(mod: nn.Module) -> bool:
+    """timm's BatchNormAct2d exactly: BN, then ``drop`` and ``act`` (post-norm folding only)."""
+    from timm.layers import BatchNormAct2d
+
+    return type(mod) is BatchNormAct2d
+
+
+def _after_bn(bn: nn.Module) -> nn.Module:
+    """What stays of a folded BN: nothing, or a BatchNormAct2d's dropout and activation."""
+    if not _is_bn_act(bn):
+        return nn.Identity()
+    return bn.act if isinstance(bn.drop, nn.Identity) else nn.Sequential(bn.drop, bn.act)
 
 
 def _tensors(obj):
@@ -90,6 +106,8 @@ def _trace(model: nn.Module, example: torch.Tensor) -> dict:
             bn_inputs.append((mod, id(x)))
             if isinstance(output, torch.Tensor) and (type(mod) is not nn.BatchNorm1d or x.dim() == 2):
                 bn_outputs[id(output)] = mod
+        elif _is_bn_act(mod) and x is not None:
+            bn_inputs.append((mod, id(x)))  # its output is activated: never a pre-norm fold
 
     hooks = [mod.register_forward_hook(hook) for mod in names if isinstance(mod, _CONVS + _BNS + (nn.Linear,))]
     counter = _ConsumerCounter()
@@ -212,7 +230,7 @@ def fuse_bn(model: nn.Module, example: torch.Tensor | None = None, inplace: bool
         bn = model.get_submodule(bn_name)
         fused = fuse_linear_bn_eval(src, bn) if isinstance(src, nn.Linear) else fuse_conv_bn_eval(src, bn)
         _set_submodule(model, src_name, fused)
-        _set_submodule(model, bn_name, nn.Identity())
+        _set_submodule(model, bn_name, _after_bn(bn))
         done.add(bn_name)
     if following:
         for bn_name, layer_name in find_bn_input_pairs(model, _trace_result=traced):

@@ -13,28 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # noqa: E402
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD  # noqa: E402
 
 from edgevision.export._deps import require
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Clip", "Relu")  # ONNX op types made int8 (see below)
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-# scikit-image photos that ship inside the wheel (no download needed).
-_SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
-                  "immunohistochemistry", "colorwheel", "retina", "camera", "coins", "moon",
-                  "brick", "grass", "gravel", "logo")
-
-
-def _to_rgb(arr: np.ndarray) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.dtype != np.uint8:
-        arr = (255 * (arr.astype(np.float32) / max(float(arr.max()), 1e-6))).astype(np.uint8)
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    return arr[..., :3]
-
-
 def _views(img, size: int) -> list:
     """Deterministic views of one photo: center crop, four corner crops, and their mirror images."""
     from PIL import Image
@@ -66,7 +51,7 @@ def calibration_images(folder: str | Path | None = None, size: int = 224, n: int
 
     ``mean``/``std`` must be the model's own normalization (e.g. 0.5/0.5 for TF-trained weights).
     """
-    from PIL import Image
+    from edgevision.images import load_rgb, sample_photos
 
     imgs = []
     if folder is not None:
@@ -77,14 +62,11 @@ def calibration_images(folder: str | Path | None = None, size: int = 224, n: int
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) under {folder}")
         for f in files[:n]:
-            img = Image.open(f).convert("RGB")
-            imgs.append(_views(img, size)[0])  # center crop, as at evaluation
+            imgs.append(_views(load_rgb(f), size)[0])  # center crop, as at evaluation
     else:
-        from skimage import data
-
-        # Round-robin over photos (all center crops first, then corners, flips), so a small
-        # n still spans every scene rather than ten views of the first photo.
-        per_photo = [_views(Image.fromarray(_to_rgb(getattr(data, name)())), size) for name in _SAMPLE_PHOTOS]
+        # The photos shipped in the package. Round-robin over them (all center crops first,
+        # then corners, flips), so a small n still spans every scene.
+        per_photo = [_views(img, size) for _, img in sample_photos()]
         imgs = [views[k] for k in range(len(per_photo[0])) for views in per_photo]
     return _normalize(imgs[:n], mean, std)
 
@@ -139,6 +121,8 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: t
     """
     q = require("onnxruntime.quantization", "onnx", "ONNX Runtime int8 quantization")
     onnx = require("onnx", "onnx", "ONNX Runtime int8 quantization")
+    from edgevision.io import atomic_write
+
     int8_path = Path(int8_path)
     model = onnx.load(str(fp32_path))
     input_name = model.graph.input[0].name
@@ -151,14 +135,15 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: t
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         except Exception:
             pre = Path(fp32_path)
-        q.quantize_static(
-            str(pre), str(int8_path), _Reader(input_name, images, batch),
+        # Atomic (edgevision.io): a failed or cut-short quantization never leaves a partial file.
+        atomic_write(int8_path, lambda part: q.quantize_static(
+            str(pre), part, _Reader(input_name, images, batch),
             quant_format=q.QuantFormat.QDQ, per_channel=True,
             activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
             reduce_range=(not _cpu_has_vnni()) if reduce_range is None else reduce_range,
             op_types_to_quantize=list(QUANTIZED_OPS),
             calibrate_method=q.CalibrationMethod.MinMax,
-        )
+        ), keep_suffix=True)
     return int8_path
 
 

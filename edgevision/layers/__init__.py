@@ -1,26 +1,8 @@
-"""Blocks shared by two or more model families.
+"""Blocks and helpers shared by two or more model families that ``timm.layers`` does not provide
+(e.g. :mod:`edgevision.layers.attention`: multi-head attention on tokens and window partitioning
+for EMO; :mod:`edgevision.layers.shapes`: padding, cropping and map/token moves that
+trace with torch.fx and export with dynamic sizes, for EMO, EdgeViT, EfficientFormer, NASNet-A).
 
-- :class:`ConvNormAct`: conv -> BatchNorm -> activation, the unit every mobile CNN is made of.
-- :class:`SqueezeExcite`: channel gating from globally pooled features (SE).
-- :class:`DepthwiseSeparable`: depthwise conv -> (SE) -> pointwise conv (MobileNetV1 block,
-  and the first block of MobileNetV2/V3, MnasNet, EfficientNet).
-- :class:`InvertedResidual`: 1x1 expand -> depthwise -> (SE) -> 1x1 project, with a residual
-  where shapes allow (MobileNetV2 "inverted residual" = EfficientNet "MBConv").
-- :class:`DropPath`: stochastic depth (timm's implementation).
-- :func:`make_divisible`, :func:`get_act`: channel rounding and activations by name.
+Convolution blocks, squeeze-excite, DropPath and Mlp come from ``timm.layers``; the mobile
+CNNs (MobileNetV1/V2/V3, MnasNet, EfficientNet-Lite) are timm's own models.
 """
-
-from timm.layers import DropPath
-
-from edgevision.layers.blocks import DepthwiseSeparable, InvertedResidual, SqueezeExcite
-from edgevision.layers.conv_bn_act import ConvNormAct, get_act, make_divisible
-
-__all__ = [
-    "ConvNormAct",
-    "DepthwiseSeparable",
-    "DropPath",
-    "InvertedResidual",
-    "SqueezeExcite",
-    "get_act",
-    "make_divisible",
-]

@@ -1,7 +1,9 @@
 """Attention helpers on ``F.scaled_dot_product_attention`` and window partitioning.
 
 Everything here is plain reshape/permute/slice arithmetic on shapes (no einops, no
-data-dependent control flow), so it traces, compiles and exports to ONNX.
+data-dependent control flow), so it traces, compiles and exports to ONNX; permuted windows are
+copied to contiguous memory before each view, so that torch.export with dynamic sizes needs no
+guard on whether a window count is 1 (see :mod:`edgevision.layers.shapes`).
 
 Window partitions of an NCHW map whose sides are multiples of ``window``:
 - ``"strided"`` (EMO's released weights): the map is split into n_h x n_w windows where
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from edgevision.layers.shapes import contiguous_copy
 
 WINDOW_MODES = ("strided", "contiguous")
 
@@ -32,19 +36,20 @@ def window_partition(x: torch.Tensor, window: int, mode: str = "strided") -> tor
         x = x.reshape(b, c, window, nh, window, nw).permute(0, 3, 5, 2, 4, 1)
     else:  # row = a * window + i
         x = x.reshape(b, c, nh, window, nw, window).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(b * nh * nw, window * window, c)
+    return contiguous_copy(x).view(b * nh * nw, window * window, c)
 
 
 def window_unpartition(x: torch.Tensor, window: int, h: int, w: int, mode: str = "strided") -> torch.Tensor:
     """Inverse of :func:`window_partition`: (B * n_h * n_w, window**2, C) -> (B, C, h, w)."""
     nh, nw = h // window, w // window
     c = x.shape[-1]
-    x = x.reshape(-1, nh, nw, window, window, c)
+    b = x.shape[0] // (nh * nw)
+    x = x.reshape(b, nh, nw, window, window, c)
     if mode == "strided":  # (b, a_h, a_w, i, j, c) -> (b, c, i, a_h, j, a_w)
         x = x.permute(0, 5, 3, 1, 4, 2)
     else:  # -> (b, c, a_h, i, a_w, j)
         x = x.permute(0, 5, 1, 3, 2, 4)
-    return x.reshape(-1, c, h, w)
+    return contiguous_copy(x).view(b, c, h, w)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

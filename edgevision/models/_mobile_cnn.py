@@ -1,389 +1,204 @@
-"""One generic builder for the mobile CNN families (MobileNetV1/V2/V3, MnasNet, EfficientNet-Lite).
+"""The mobile CNNs (MobileNetV1/V2/V3, MnasNet A1/B1, EfficientNet-Lite0) are timm's models.
 
-A network is data: a stem width, a list of block rows, a head. Each family file only holds
-its variant configs, its published figures and its registrations.
+timm implements these networks exactly, so each registered name builds timm's own model
+(``edgevision.create_model(name)`` has the class and state-dict keys of
+``timm.create_model(name)``; timm's kwargs such as ``drop_rate`` and ``bn_eps`` pass through).
+What edgevision adds is here: converters from other checkpoint layouts into timm's.
 
-Our layout (flat, in execution order)::
+A converter pairs tensors by structure, not by name: the source keys are put in module
+execution order (a :class:`SourceLayout` knows how its children are ordered), the target
+order is the state dict of timm's model built on the meta device, and the two lists are
+zipped. Every pair must agree on the tensor's role (weight, bias, running_mean, running_var)
+and shape, a Linear weight standing for a 1x1 conv or back; otherwise the converter raises
+:class:`CheckpointMismatchError` listing the pairs that disagree. ``num_batches_tracked`` is
+not paired (it is not a weight; loads ignore it).
 
-    stem.{conv,bn}                       3x3 stride-2 conv-BN-act
-    blocks.{i}.{dw,se,pw}                DepthwiseSeparable
-    blocks.{i}.{expand,dw,se,project}    InvertedResidual (MBConv)
-    blocks.{i}.{conv,bn}                 plain 1x1 conv-BN-act block (MobileNetV3's last 1x1)
-    conv_head.{conv,bn}                  1x1 conv-BN-act before pooling (MobileNetV2, MnasNet, Lite)
-    head_fc                              Linear + act after pooling (MobileNetV3)
-    classifier                           Linear
-
-Converters map timm's, torchvision's and EfficientNet-PyTorch's key layouts onto this by
-structure (block kinds are recognised from the keys present), never by variant.
-
-BatchNorm eps: timm builds these models with eps 1e-5, torchvision's MobileNetV3 with 1e-3,
-and TF-trained EfficientNet weights assume 1e-3. Our default is 1e-5 (``bn_eps`` changes it).
-Converters from an eps-1e-3 source add the eps difference to ``running_var``, so the
-converted model is exactly the source network in eval mode (BN divides by
-sqrt(var + eps)); build with ``bn_eps=1e-3`` only if you need the source's training-mode
-behaviour too, and then load our own saved weights, not the foreign checkpoint.
+BatchNorm eps: timm builds these models with eps 1e-5; torchvision's MobileNetV3 and the
+TF-trained EfficientNet weights assume 1e-3. A converter from an eps-1e-3 source adds the
+difference to ``running_var`` (BN divides by sqrt(var + eps)), so the converted model is the
+source network exactly in eval mode. Build with ``bn_eps=1e-3`` (timm's option) only to train
+with the source's eps, and then load the unshifted weights.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import timm
 import torch
-import torch.nn as nn
 
-from edgevision.layers import ConvNormAct, DepthwiseSeparable, InvertedResidual, get_act, make_divisible
-from edgevision.models.base import EdgeModel, linear_head
+from edgevision.checkpoints import CheckpointMismatchError
+from edgevision.registry import register_model
+
+# Tensors of one module in registration order; BN's step counter is not paired.
+_PARAM_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
+_SKIP = "num_batches_tracked"
+TIMM_BN_EPS = 1e-5
 
 
-@dataclass(frozen=True)
-class Row:
-    """``repeats`` identical blocks; the first carries ``stride``.
+def timm_builder(name: str) -> Callable[..., torch.nn.Module]:
+    """``build(**kwargs)`` = ``timm.create_model(name, pretrained=False, **kwargs)``."""
 
-    kind: "ds" (depthwise-separable), "ir" (inverted residual) or "cn" (1x1 conv-BN-act).
-    out_chs is the width at multiplier 1.0. expansion applies to "ir". se: SE ratio (0 = none).
-    act: None uses the model's default activation. pw_act: activation after a "ds" pointwise
-    conv (MobileNetV1). skip: allow residuals where shapes match.
-    """
+    def build(**kwargs):
+        # Dropout 0.2 before the classifier, as the papers train these networks (timm's
+        # builder defaults to 0.0 and leaves it to its training script's --drop).
+        kwargs.setdefault("drop_rate", 0.2)
+        return timm.create_model(name, pretrained=False, **kwargs)
 
-    kind: str
-    repeats: int
-    kernel: int
-    stride: int
-    out_chs: int
-    expansion: float = 1.0
-    se: float = 0.0
-    act: str | None = None
-    pw_act: bool = False
-    skip: bool = True
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"timm's ``{name}`` (``timm.create_model({name!r}, **kwargs)``)."
+    return build
 
 
 @dataclass(frozen=True)
-class MobileCNNConfig:
-    """Everything that defines one variant.
+class SourceLayout:
+    """A foreign checkpoint layout: how to recognise it and how to order its tensors.
 
-    head: "conv" = 1x1 conv-BN-act to head_chs before pooling (MobileNetV2/MnasNet/Lite),
-    "linear" = pooling then Linear(+bias)-act to head_chs (MobileNetV3), None = classifier
-    straight on the last block (MobileNetV1).
-    se_from_mid / se_divisor / se_act / se_gate: how SE widths and nonlinearities are chosen
-    (MobileNetV3: from the expanded width, rounded to 8, hard-sigmoid gate; MnasNet: from the
-    block input width, unrounded, sigmoid gate).
+    order(key) -> sort key putting the tensors in module execution order; it raises KeyError
+    for a key the layout does not have. bn_eps: the eps the source's BatchNorms use.
     """
 
-    rows: tuple[Row, ...]
-    stem_chs: int
-    act: str
-    head: str | None = "conv"
-    head_chs: int = 1280
-    head_act: str | None = None  # None: the model's act
-    width: float = 1.0
-    scale_stem: bool = True  # MobileNetV2 scales the stem with width; V3/Lite keep it fixed
-    se_from_mid: bool = True
-    se_divisor: int = 1
-    se_act: str = "relu"
-    se_gate: str = "sigmoid"
-    default_drop_rate: float = 0.2
-    extra: dict = field(default_factory=dict)
+    name: str
+    marker: str  # a key every checkpoint of this layout has
+    order: Callable[[str], tuple]
+    bn_eps: float = TIMM_BN_EPS
+
+    def converter(self, target: str) -> Callable[[dict], dict]:
+        """The converter of this layout into timm's ``target`` model."""
+        fn = functools.partial(convert_layout, layout=self, target=target)
+        fn.__doc__ = f"{self.name} state dict -> timm {target}"
+        return fn
 
 
-def _round(chs: float, cfg: MobileCNNConfig) -> int:
-    return make_divisible(chs * cfg.width, 8)
+def _param_rank(key: str, leaf: str) -> int:
+    try:
+        return _PARAM_ORDER[leaf]
+    except KeyError:
+        raise KeyError(f"unexpected tensor {key!r}") from None
 
 
-class MobileCNN(EdgeModel):
-    """Stem -> flat sequence of blocks -> (1x1 head conv) -> pool -> (Linear head) -> classifier."""
+def sequential_order(names: dict[str, int]) -> Callable[[str], tuple]:
+    """Order of nn.Sequential-style keys: numeric children by number, named ones by ``names``.
 
-    def __init__(
-        self,
-        cfg: MobileCNNConfig,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        drop_rate: float | None = None,
-        drop_path_rate: float = 0.0,
-        bn_eps: float = 1e-5,
-        **kwargs,
-    ):
-        super().__init__()
-        if kwargs:
-            raise TypeError(f"{type(self).__name__} got unexpected arguments: {sorted(kwargs)}")
-        self.cfg = cfg
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.drop_rate = cfg.default_drop_rate if drop_rate is None else drop_rate
-        self.min_input_size = 32  # total stride 32
-        self.input_multiple = 1
+    Only siblings are compared, so ``names`` just has to rank each set of named siblings.
+    """
 
-        stem_chs = _round(cfg.stem_chs, cfg) if cfg.scale_stem else cfg.stem_chs
-        self.stem = ConvNormAct(in_chans, stem_chs, 3, stride=2, act=cfg.act, bn_eps=bn_eps)
-        blocks, chs = self._build_blocks(cfg, stem_chs, drop_path_rate, bn_eps)
-        self.blocks = nn.Sequential(*blocks)
-        self.feature_info = self._feature_info(stem_chs)
+    def order(key: str) -> tuple:
+        *path, leaf = key.split(".")
+        parts = []
+        for p in path:
+            if p.isdigit():
+                parts.append((0, int(p)))
+            elif p in names:
+                parts.append((1, names[p]))
+            else:
+                raise KeyError(f"unexpected module {p!r} in {key!r}")
+        return (*parts, (2, _param_rank(key, leaf)))
 
-        head_act = cfg.head_act or cfg.act
-        self.conv_head: nn.Module = nn.Identity()
-        self.head_fc: nn.Module = nn.Identity()
-        self.head_act: nn.Module = nn.Identity()
-        if cfg.head == "conv":
-            self.conv_head = ConvNormAct(chs, cfg.head_chs, 1, act=head_act, bn_eps=bn_eps)
-            chs = cfg.head_chs
-        elif cfg.head == "linear":
-            self.head_fc = nn.Linear(chs, cfg.head_chs)
-            self.head_act = get_act(head_act)
-            chs = cfg.head_chs
-        elif cfg.head is not None:
-            raise ValueError(f"head must be 'conv', 'linear' or None; got {cfg.head!r}")
-        self.num_features = chs  # width of the pooled features fed to the classifier
-        self.drop = nn.Dropout(self.drop_rate)
-        self.classifier = linear_head(chs, num_classes)
-        self._init_weights()
-
-    # --- construction -------------------------------------------------------------------
-    @staticmethod
-    def _build_blocks(cfg, in_chs, drop_path_rate, bn_eps):
-        total = sum(r.repeats for r in cfg.rows)
-        blocks, idx = [], 0
-        for row in cfg.rows:
-            out_chs = _round(row.out_chs, cfg)
-            act = row.act or cfg.act
-            for rep in range(row.repeats):
-                stride = row.stride if rep == 0 else 1
-                dpr = drop_path_rate * idx / total  # linear stochastic-depth schedule (as timm)
-                blocks.append(_make_block(row, cfg, in_chs, out_chs, stride, act, dpr, bn_eps))
-                blocks[-1].stride = stride
-                in_chs, idx = out_chs, idx + 1
-        return blocks, in_chs
-
-    def _feature_info(self, stem_chs: int) -> list[dict]:
-        """The last module at each reduction (2, 4, 8, 16, 32) is a feature level."""
-        levels = [("stem", stem_chs, 2)]
-        reduction = 2
-        for i, blk in enumerate(self.blocks):
-            reduction *= blk.stride
-            levels.append((f"blocks.{i}", _out_chs(blk), reduction))
-        info = []
-        for j, (name, chs, red) in enumerate(levels):
-            if j + 1 == len(levels) or levels[j + 1][2] != red:
-                info.append(dict(num_chs=chs, reduction=red, module=name))
-        self._feature_modules = [d["module"] for d in info]
-        return info
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    # --- forward ------------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_head(self.blocks(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_act(self.head_fc(x.mean((2, 3))))
-        x = self.drop(x)
-        return x if pre_logits else self.classifier(x)
-
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        wanted = self._feature_modules
-        x = self.stem(x)
-        feats = [x] if "stem" in wanted else []
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
-            if f"blocks.{i}" in wanted:
-                feats.append(x)
-        return feats
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = linear_head(self.num_features, num_classes)
+    return order
 
 
-def _make_block(row: Row, cfg: MobileCNNConfig, in_chs, out_chs, stride, act, dpr, bn_eps) -> nn.Module:
-    if row.kind == "cn":
-        return ConvNormAct(in_chs, out_chs, row.kernel, stride, act=act, bn_eps=bn_eps)
-    mid_chs = in_chs if row.kind == "ds" else make_divisible(in_chs * row.expansion, 8)
-    se_chs = 0
-    if row.se > 0:
-        base = mid_chs if cfg.se_from_mid else in_chs
-        se_chs = make_divisible(base * row.se, cfg.se_divisor)
-    common = dict(kernel_size=row.kernel, stride=stride, act=act, se_chs=se_chs, se_act=cfg.se_act,
-                  se_gate=cfg.se_gate, skip=row.skip, drop_path=dpr, bn_eps=bn_eps)
-    if row.kind == "ds":
-        return DepthwiseSeparable(in_chs, out_chs, pw_act=row.pw_act, **common)
-    if row.kind == "ir":
-        return InvertedResidual(in_chs, out_chs, mid_chs, **common)
-    raise ValueError(f"unknown block kind {row.kind!r}; expected 'ds', 'ir' or 'cn'")
+@functools.lru_cache(maxsize=32)
+def _target_layout(target: str, num_classes: int, in_chans: int) -> tuple[tuple[str, tuple], ...]:
+    with torch.device("meta"):
+        model = timm.create_model(target, num_classes=num_classes, in_chans=in_chans)
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items() if not k.endswith(_SKIP))
 
 
-def _out_chs(block: nn.Module) -> int:
-    if isinstance(block, ConvNormAct):
-        return block.out_channels
-    return block.project.out_channels if isinstance(block, InvertedResidual) else block.pw.out_channels
+def _trim(shape: tuple) -> tuple:
+    return shape[:2] + tuple(d for d in shape[2:] if d != 1)
 
 
-# ======================================================================================
-# Converters. Shared helpers first.
-# ======================================================================================
-_BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+def _fits(src: tuple, dst: tuple) -> bool:
+    """Same shape, or a Linear weight (O, I) against a 1x1 conv weight (O, I, 1, 1)."""
+    return src == dst or (len(src) >= 2 and len(dst) >= 2 and _trim(src) == _trim(dst))
 
 
-def _copy_bn(out: dict, sd: dict, src: str, dst: str) -> None:
-    for f in _BN_FIELDS:
-        if f"{src}.{f}" in sd:
-            out[f"{dst}.{f}"] = sd[f"{src}.{f}"]
-
-
-def shift_bn_eps(sd: dict, from_eps: float, to_eps: float = 1e-5) -> dict:
+def shift_bn_eps(sd: dict, from_eps: float, to_eps: float = TIMM_BN_EPS) -> dict:
     """Fold a BatchNorm eps difference into running_var: exact in eval mode.
 
     BN(x) = (x - mean) / sqrt(var + eps); var' = var + from_eps - to_eps keeps it identical.
     """
     delta = from_eps - to_eps
+    if delta == 0:
+        return dict(sd)
     return {k: (v + delta if k.endswith("running_var") else v) for k, v in sd.items()}
 
 
-def _children(sd: dict, prefix: str) -> list[int]:
-    """Sorted integer child indices directly under prefix (e.g. 'features' -> 0..18)."""
-    pat = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-    return sorted({int(m.group(1)) for k in sd if (m := pat.match(k))})
-
-
-# Our names for the conv units of a block, by how many convs the block has.
-_UNIT_NAMES = {1: [""], 2: ["dw", "pw"], 3: ["expand", "dw", "project"]}
-
-
-def _emit_block(out: dict, sd: dict, units: list[tuple], dst: str) -> None:
-    """Write one block given its units in execution order.
-
-    A unit is ("conv", conv_weight_key, bn_prefix) or ("se", reduce_prefix, expand_prefix).
-    The number of convs decides the block kind: 1 = plain conv-BN-act, 2 = depthwise-
-    separable (dw, pw), 3 = inverted residual (expand, dw, project).
-    """
-    convs = [u for u in units if u[0] == "conv"]
-    names = iter(_UNIT_NAMES[len(convs)])
-    for unit in units:
-        if unit[0] == "se":
-            for src, ours in ((unit[1], "reduce"), (unit[2], "expand")):
-                out[f"{dst}.se.{ours}.weight"] = sd[f"{src}.weight"]
-                out[f"{dst}.se.{ours}.bias"] = sd[f"{src}.bias"]
+def convert_layout(sd: dict, layout: SourceLayout, target: str) -> dict:
+    """Convert a ``layout`` state dict into timm's ``target`` layout by structure (module doc)."""
+    if layout.marker not in sd:
+        raise KeyError(f"not a {layout.name} state dict (no {layout.marker})")
+    src = sorted((k for k in sd if not k.endswith(_SKIP)), key=layout.order)
+    weights = [k for k in src if sd[k].dim() >= 2]
+    if not weights:
+        raise KeyError(f"not a {layout.name} state dict (no weights)")
+    # Build the target with the source's head and input width, so every tensor pairs.
+    dst = _target_layout(target, int(sd[weights[-1]].shape[0]), int(sd[weights[0]].shape[1]))
+    out, mismatched = {}, []
+    for s, (d, shape) in zip(src, dst):
+        v = sd[s]
+        same_role = s.rsplit(".", 1)[-1] == d.rsplit(".", 1)[-1]
+        if not same_role or not _fits(tuple(v.shape), shape):
+            mismatched.append((f"{s} -> {d}", tuple(v.shape), shape))
             continue
-        name = next(names)
-        base = f"{dst}.{name}" if name else dst
-        out[f"{base}.conv.weight"] = sd[unit[1]]
-        _copy_bn(out, sd, unit[2], f"{base}.bn")
+        out[d] = v.reshape(shape)
+    if mismatched or len(src) != len(dst):
+        n = min(len(src), len(dst))
+        raise CheckpointMismatchError(
+            missing=[d for d, _ in dst[n:]], unexpected=src[n:], mismatched=mismatched,
+            context=f"{layout.name} -> timm {target}: {len(src)} tensors in the checkpoint, "
+                    f"{len(dst)} in the model, paired in execution order")
+    return shift_bn_eps(out, layout.bn_eps)
 
 
-def _is_conv(sd: dict, key: str) -> bool:
-    return key in sd and sd[key].dim() == 4
+def register_timm_models(family: str, variants: dict[str, dict], layouts: dict[str, SourceLayout] | None = None,
+                         **shared) -> None:
+    """Register each variant (name -> register_model metadata) as timm's model of that name.
 
-
-def torchvision_units(sd: dict, prefix: str) -> list[tuple]:
-    """Units of a torchvision nn.Sequential, in order.
-
-    Children are recognised by their keys: a bare conv (``p.n.weight``, 4-D) followed by its
-    BN at ``p.(n+1)``; a Conv2dNormActivation (``p.n.0.weight`` + ``p.n.1``); an SE
-    (``p.n.fc1/fc2``); anything else is a nested group (``("group", "p.n")``).
-    BN and activation children are consumed by the conv before them.
+    layouts: format name -> source layout; each variant gets that layout's converter into it
+    (a variant's own ``layouts`` entry replaces the shared one).
     """
-    units = []
-    for n in _children(sd, prefix):
-        p = f"{prefix}.{n}"
-        if _is_conv(sd, f"{p}.weight"):
-            units.append(("conv", f"{p}.weight", f"{prefix}.{n + 1}"))
-        elif _is_conv(sd, f"{p}.0.weight") and f"{p}.1.running_var" in sd:
-            units.append(("conv", f"{p}.0.weight", f"{p}.1"))
-        elif f"{p}.fc1.weight" in sd:
-            units.append(("se", f"{p}.fc1", f"{p}.fc2"))
-        elif f"{p}.running_var" in sd:
-            continue  # BN of the preceding bare conv
-        else:
-            units.append(("group", p))
-    return units
+    for name, meta in variants.items():
+        meta = {**shared, **meta}
+        own = meta.pop("layouts", layouts) or {}
+        converters = {fmt: layout.converter(name) for fmt, layout in own.items()}
+        register_model(family, name=name, converters=converters, **meta)(timm_builder(name))
 
 
-def _copy_linear(out: dict, sd: dict, src: str, dst: str) -> None:
-    w = sd[f"{src}.weight"]
-    out[f"{dst}.weight"] = w.flatten(1) if w.dim() == 4 else w  # 1x1 conv head -> Linear
-    out[f"{dst}.bias"] = sd[f"{src}.bias"]
+# --- torchvision (mobilenet_v2, mobilenet_v3_large/small, mnasnet*) -----------------------
+# Named siblings: features/layers before classifier, fc1 before fc2 (SE); the rest are numbered.
+_TORCHVISION_ORDER = sequential_order(
+    {"features": 0, "layers": 0, "classifier": 1, "conv": 0, "block": 0, "fc1": 0, "fc2": 1})
+
+TORCHVISION_MOBILENETV2 = SourceLayout("torchvision MobileNetV2", "features.0.0.weight", _TORCHVISION_ORDER)
+# MobileNetV3: classifier.0 is the pre-logits Linear, timm's conv_head (1x1 conv); BN eps 1e-3.
+TORCHVISION_MOBILENETV3 = SourceLayout("torchvision MobileNetV3", "classifier.3.weight", _TORCHVISION_ORDER,
+                                       bn_eps=1e-3)
+TORCHVISION_MNASNET = SourceLayout("torchvision MNASNet", "layers.0.weight", _TORCHVISION_ORDER)
+
+# --- EfficientNet-PyTorch (lukemelas) -----------------------------------------------------
+_EFFNET_PT_TOP = ("_conv_stem", "_bn0", "_blocks", "_conv_head", "_bn1", "_fc")
+_EFFNET_PT_BLOCK = ("_expand_conv", "_bn0", "_depthwise_conv", "_bn1", "_se_reduce", "_se_expand",
+                    "_project_conv", "_bn2")
 
 
-# --- timm -----------------------------------------------------------------------------
-# timm block child -> ours, per block kind (recognised by which convs the block has).
-_TIMM_BLOCK = {
-    "ir": {"conv_pw": "expand.conv", "bn1": "expand.bn", "conv_dw": "dw.conv", "bn2": "dw.bn",
-           "conv_pwl": "project.conv", "bn3": "project.bn"},
-    "ds": {"conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "pw.conv", "bn2": "pw.bn"},
-    "cn": {"conv": "conv", "bn1": "bn"},
-}
-_TIMM_SE = {"se.conv_reduce": "se.reduce", "se.conv_expand": "se.expand"}
+def _effnet_pytorch_order(key: str) -> tuple:
+    """``_conv_stem``, ``_bn0``, ``_blocks.i.<child>`` (flat, in order), ``_conv_head``, ``_bn1``, ``_fc``."""
+    parts = key.split(".")
+    try:
+        if parts[0] == "_blocks" and len(parts) == 4:
+            return (_EFFNET_PT_TOP.index("_blocks"), int(parts[1]), _EFFNET_PT_BLOCK.index(parts[2]),
+                    _param_rank(key, parts[3]))
+        if len(parts) == 2:
+            return (_EFFNET_PT_TOP.index(parts[0]), 0, 0, _param_rank(key, parts[1]))
+    except ValueError:
+        pass
+    raise KeyError(f"unexpected key {key!r} for the EfficientNet-PyTorch layout")
 
 
-def convert_timm(sd: dict) -> dict:
-    """timm EfficientNet/MobileNetV3-class state dict -> ours.
-
-    timm nests blocks as blocks.<stage>.<index>; ours are flat in execution order.
-    MobileNetV3's conv_head (1x1 conv with bias, no BN, on the pooled map) becomes head_fc.
-    """
-    pat = re.compile(r"blocks\.(\d+)\.(\d+)\.(.+)")
-    pairs = sorted({(int(m.group(1)), int(m.group(2))) for k in sd if (m := pat.match(k))})
-    flat = {p: i for i, p in enumerate(pairs)}
-    v3_head = "conv_head.bias" in sd and "bn2.weight" not in sd
-    out = {}
-    for k, v in sd.items():
-        if m := pat.match(k):
-            s, j, rest = m.group(1), m.group(2), m.group(3)
-            block = f"blocks.{s}.{j}"
-            kind = "ir" if f"{block}.conv_pwl.weight" in sd else "ds" if f"{block}.conv_dw.weight" in sd else "cn"
-            out[f"blocks.{flat[(int(s), int(j))]}.{_rename(rest, {**_TIMM_BLOCK[kind], **_TIMM_SE})}"] = v
-        elif k.startswith("conv_head.") and v3_head:
-            out[k.replace("conv_head", "head_fc")] = v.flatten(1) if v.dim() == 4 else v
-        else:
-            out[_rename(k, _TIMM_TOP)] = v
-    return out
-
-
-_TIMM_TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "conv_head.conv",
-             "bn2": "conv_head.bn", "classifier": "classifier"}
-
-
-def _rename(key: str, table: dict) -> str:
-    """Replace the longest matching dotted prefix of key using table; unknown keys raise."""
-    for src in sorted(table, key=len, reverse=True):
-        if key == src or key.startswith(src + "."):
-            return table[src] + key[len(src):]
-    raise KeyError(f"unexpected key {key!r}")
-
-
-# --- EfficientNet-PyTorch (lukemelas) layout ----------------------------------------------
-_EFFNET_PT_BLOCK = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwise_conv": "dw.conv",
-                    "_bn1": "dw.bn", "_project_conv": "project.conv", "_bn2": "project.bn",
-                    "_se_reduce": "se.reduce", "_se_expand": "se.expand"}
-_EFFNET_PT_DS = {**_EFFNET_PT_BLOCK, "_project_conv": "pw.conv", "_bn2": "pw.bn"}
-_EFFNET_PT_TOP = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "conv_head.conv",
-                  "_bn1": "conv_head.bn", "_fc": "classifier"}
-
-
-def convert_efficientnet_pytorch(sd: dict, bn_eps: float = 1e-3) -> dict:
-    """EfficientNet-PyTorch layout (``_conv_stem``, ``_blocks.i._expand_conv``, ``_fc``) -> ours.
-
-    Blocks are already flat. A block without ``_expand_conv`` is depthwise-separable. Those
-    weights come from TensorFlow (BN eps 1e-3), folded into running_var (see module doc).
-    """
-    if "_conv_stem.weight" not in sd:
-        raise KeyError("not an EfficientNet-PyTorch state dict (no _conv_stem.weight)")
-    pat = re.compile(r"_blocks\.(\d+)\.(.+)")
-    out = {}
-    for k, v in sd.items():
-        if m := pat.match(k):
-            i, rest = m.group(1), m.group(2)
-            table = _EFFNET_PT_BLOCK if f"_blocks.{i}._expand_conv.weight" in sd else _EFFNET_PT_DS
-            out[f"blocks.{i}.{_rename(rest, table)}"] = v
-        else:
-            out[_rename(k, _EFFNET_PT_TOP)] = v
-    return shift_bn_eps(out, bn_eps)
+# TF-trained weights: BN eps 1e-3.
+EFFICIENTNET_PYTORCH = SourceLayout("EfficientNet-PyTorch", "_conv_stem.weight", _effnet_pytorch_order,
+                                    bn_eps=1e-3)

@@ -1,22 +1,34 @@
-"""What every edgevision classifier shares: the timm-like surface and input checks.
+"""What every edgevision classifier shares: timm's model API and input checks.
 
 A family's model class subclasses :class:`EdgeModel` and provides
-- ``self.feature_info``: list of ``dict(num_chs=, reduction=, module=)``, one per stage
-  output that ``features_only`` can return, in order;
-- ``forward_intermediates(x) -> list[Tensor]``: the maps described by feature_info;
-- ``forward_features(x)``, ``forward_head(x, pre_logits=False)``, ``reset_classifier(n)``;
+- ``feature_info``: list of ``dict(num_chs=, reduction=, module=)``, one per feature level;
+- ``_forward_levels(x, stop) -> (maps, x)``: run up to and including feature level ``stop``,
+  returning the NCHW maps of levels ``0..stop`` and the running tensor after that level
+  (default: ``self.stem`` when present, then one level per ``self.stages[i]``);
+- ``forward_features(x)``, ``_features_tail(x)`` (what forward_features applies after the
+  last level, default identity) and ``forward_head(x, pre_logits)`` pooling via ``_pool``;
 - attributes ``num_classes``, ``num_features``, ``in_chans``, ``min_input_size`` (smallest
-  side in pixels the architecture accepts) and, optionally, ``input_multiple`` (sides must be
-  a multiple of it; 1 when any size works).
+  side the architecture accepts), ``input_multiple`` (sides must be a multiple of it),
+  optionally ``size_breakpoints`` (input sides where behaviour changes, for export checks)
+  and ``no_weight_decay_keywords`` (parameter-name substrings exempt from weight decay).
 
-``forward`` validates the input first, so a wrong channel count or a too-small image is
-a one-line error naming what was expected instead of a shape error deep inside.
+From these the base gives timm's API with timm's semantics: ``forward_intermediates``,
+``get_classifier``, ``reset_classifier(num_classes, global_pool)``, ``set_grad_checkpointing``,
+``no_weight_decay``, ``group_matcher``. ``forward`` validates the input first, so a wrong
+channel count or a too-small image is a one-line error, not a shape error deep inside; the
+check uses ``torch._assert`` under torch.fx tracing so models stay traceable.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+try:  # True only under torch.fx.symbolic_trace (not under torch.export / dynamo)
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
+except ImportError:  # torch < 2.5
+    from torch.fx._symbolic_trace import is_fx_tracing
 
 
 class InputShapeError(ValueError):
@@ -28,67 +40,178 @@ def linear_head(num_features: int, num_classes: int) -> nn.Module:
     return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
+def take_indices(num_levels: int, indices, arg: str = "indices") -> tuple[list[int], int]:
+    """timm's rule: None = all levels, int n = the last n, sequence = those (negatives from the end)."""
+    if indices is None:
+        indices = num_levels
+    if isinstance(indices, int):
+        if not 0 < indices <= num_levels:
+            raise ValueError(f"{arg}={indices}: last-n must be in 1..{num_levels}")
+        take = list(range(num_levels - indices, num_levels))
+    else:
+        take = []
+        for i in indices:
+            j = i + num_levels if i < 0 else i
+            if not 0 <= j < num_levels:
+                raise ValueError(f"{arg}: feature index {i} out of range: the model has {num_levels} "
+                                 f"levels (0..{num_levels - 1}, or negative from the end)")
+            take.append(j)
+        if not take:
+            raise ValueError(f"{arg} is empty")
+    return take, max(take)
+
+
+def check_input_shape(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise InputShapeError unless x is an NCHW batch ``model`` can run.
+
+    Reads ``in_chans``, ``min_input_size`` and ``input_multiple`` from the model (defaults:
+    no channel check, 1, 1). Under fx tracing the channel check is a recorded ``torch._assert``; under
+    torch.export / torch.compile the comparisons become guards on the symbolic sizes.
+    """
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return  # TorchScript graphs carry no Python checks; tracing would only warn about them
+    in_chans = getattr(model, "in_chans", None)  # modules that declare none: no channel check
+    name = type(model).__name__
+    if is_fx_tracing():
+        if in_chans is not None:
+            torch._assert(x.shape[1] == in_chans, f"{name} expects {in_chans} input channels")
+        return
+    if x.dim() != 4:
+        raise InputShapeError(f"{name} expects a 4-D batch (N, C, H, W); got shape {tuple(x.shape)}")
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    if in_chans is not None and c != in_chans:
+        raise InputShapeError(
+            f"{name} was built for in_chans={in_chans} but the input has {c} channels "
+            f"(shape {tuple(x.shape)}); rebuild with in_chans={c} or convert the image"
+        )
+    smallest = getattr(model, "min_input_size", 1)
+    if h < smallest or w < smallest:
+        raise InputShapeError(f"{name} needs inputs of at least {smallest}x{smallest} pixels; got {h}x{w}")
+    m = getattr(model, "input_multiple", 1)
+    if m > 1 and (h % m or w % m):
+        raise InputShapeError(f"{name} needs height and width that are multiples of {m}; got {h}x{w}")
+
+
 class EdgeModel(nn.Module):
     in_chans: int = 3
     min_input_size: int = 32
     input_multiple: int = 1
+    size_breakpoints: tuple[int, ...] = ()
+    min_export_size: int = 0  # smallest side a dynamic-size exported program covers (0: min_input_size)
+    no_weight_decay_keywords: tuple[str, ...] = ()
+    global_pool: str = "avg"
+    grad_checkpointing: bool = False
+    classifier_names: tuple[str, ...] = ("head",)  # attribute names of the classifier(s)
     num_classes: int
     num_features: int
     feature_info: list
 
+    # --- input --------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise InputShapeError unless x is an NCHW batch this model can run."""
-        if torch.jit.is_scripting():
-            return
-        name = type(self).__name__
-        if x.dim() != 4:
-            raise InputShapeError(
-                f"{name} expects a 4-D batch (N, C, H, W); got shape {tuple(x.shape)}"
-            )
-        c, h, w = x.shape[1], x.shape[2], x.shape[3]
-        if c != self.in_chans:
-            raise InputShapeError(
-                f"{name} was built for in_chans={self.in_chans} but the input has {c} "
-                f"channels (shape {tuple(x.shape)}); rebuild with in_chans={c} or convert the image"
-            )
-        if h < self.min_input_size or w < self.min_input_size:
-            raise InputShapeError(
-                f"{name} needs inputs of at least {self.min_input_size}x{self.min_input_size} "
-                f"pixels; got {h}x{w}"
-            )
-        m = self.input_multiple
-        if m > 1 and (h % m or w % m):
-            raise InputShapeError(
-                f"{name} needs height and width that are multiples of {m}; got {h}x{w}"
-            )
+        check_input_shape(self, x)
+
+    # --- running ------------------------------------------------------------------------
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run one stage, through activation checkpointing when enabled and training."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled() \
+                and not torch.jit.is_scripting() and not is_fx_tracing():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def _forward_levels(self, x: torch.Tensor, stop: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        stem = getattr(self, "stem", None)
+        if stem is not None:
+            x = stem(x)
+        maps = []
+        for i in range(stop + 1):
+            x = self._run_stage(self.stages[i], x)
+            maps.append(x)
+        return maps, x
+
+    def _features_tail(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Global pooling per ``global_pool``: 'avg' averages H, W (NCHW); '' keeps the map."""
+        return x.mean((2, 3)) if self.global_pool == "avg" else x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        _, x = self._forward_levels(x, len(self.feature_info) - 1)
+        return self._features_tail(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Output of each of ``self.stages`` after ``self.stem`` (when there is one); families
-        whose maps are not simply the stage outputs override this."""
-        stem = getattr(self, "stem", None)
-        if stem is not None:
-            x = stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh classifier for num_classes (0: none); families whose head is not ``head``
-        (or that have two) override this."""
-        self.num_classes = num_classes
-        self.head = linear_head(self.num_features, num_classes)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.forward_head(self.forward_features(x))
+
+    # --- timm's model API ---------------------------------------------------------------
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's feature API: ``(final_features, [maps])`` or only the maps.
+
+        indices: None = every level of ``feature_info``, int n = the last n, or a sequence.
+        stop_early / intermediates_only: stop after the deepest requested level (then the
+        final features are the running tensor there). ``norm`` is accepted for timm
+        compatibility; no family here has a norm that applies to its NCHW maps, so it must
+        be False.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW'; got {output_fmt!r}")
+        if norm:
+            raise ValueError(f"{type(self).__name__}: norm=True is not supported (its final norm "
+                             f"does not apply to NCHW feature maps)")
+        n = len(self.feature_info)
+        take, max_index = take_indices(n, indices)
+        self.check_input(x)
+        stop = max_index if (stop_early or intermediates_only) else n - 1
+        maps, x = self._forward_levels(x, stop)
+        intermediates = [maps[i] for i in take]
+        if intermediates_only:
+            return intermediates
+        if stop == n - 1:
+            x = self._features_tail(x)
+        return x, intermediates
+
+    def get_classifier(self) -> nn.Module:
+        heads = tuple(getattr(self, n) for n in self.classifier_names)
+        return heads[0] if len(heads) == 1 else heads
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier for ``num_classes`` (0: none); global_pool 'avg' or '' (no pooling,
+        only with num_classes=0: forward then returns the final feature map)."""
+        if global_pool is not None:
+            self.set_global_pool(global_pool, num_classes)
+        elif num_classes > 0 and self.global_pool == "":
+            raise ValueError("a classifier needs global_pool='avg'")
+        self.num_classes = num_classes
+        for n in self.classifier_names:
+            setattr(self, n, linear_head(self.num_features, num_classes))
+
+    def set_global_pool(self, global_pool: str, num_classes: int | None = None) -> None:
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or ''; got {global_pool!r}")
+        num_classes = self.num_classes if num_classes is None else num_classes
+        if global_pool == "" and num_classes > 0:
+            raise ValueError("global_pool='' (unpooled features) needs num_classes=0")
+        self.global_pool = global_pool
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that must not be weight-decayed (tables of biases or positions);
+        1-D parameters (norms, biases) are excluded by timm's optimizer factory anyway."""
+        keys = self.no_weight_decay_keywords
+        return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise learning-rate decay (timm's format)."""
+        blocks = r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.(\d+)", None),
+                                                    (r"^stages\.(\d+)", (0,))]
+        return dict(stem=r"^stem", blocks=blocks)
 
 
 class FeatureInfo:
@@ -124,17 +247,13 @@ class FeatureNet(nn.Module):
         n = len(model.feature_info)
         if out_indices is None:
             out_indices = tuple(range(n))
-        out_indices = tuple(i % n if i < 0 else i for i in out_indices)
-        bad = [i for i in out_indices if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"out_indices {bad} out of range: the model has {n} feature levels")
+        out_indices = tuple(out_indices)
+        take, _ = take_indices(n, list(out_indices), "out_indices")
         model.reset_classifier(0)
         self.model = model
-        self.out_indices = out_indices
-        self.feature_info = FeatureInfo([model.feature_info[i] for i in out_indices])
+        self.out_indices = tuple(take)
+        self.feature_info = FeatureInfo([model.feature_info[i] for i in take])
         self.in_chans = model.in_chans
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self.model.check_input(x)
-        feats = self.model.forward_intermediates(x)
-        return [feats[i] for i in self.out_indices]
+        return self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)

@@ -19,6 +19,9 @@ Faithfulness notes (verified against official logits, max |d| <= 2e-6):
   sampler takes ceil(side / r) pixels and the LocalProp output is cropped back. At sides that
   are multiples of 32 nothing is padded or cropped: exactly the official computation (the
   parity fixture is 224x224). Sides below 32 raise ``InputShapeError``.
+- Traceable: padding, strided sampling, cropping and the map/token moves are
+  :mod:`edgevision.layers.shapes` helpers without Python branches on sizes, so torch.fx traces
+  the model and one ``torch.export`` program with dynamic height/width is right at every size.
 - **EdgeViT-S** follows the official code: depths 1,2,5,3 give 13.1M parameters, while the
   paper's table says 11.1M (MACs 1.9G agree). The repository publishes no weights.
 - ``drop_rate`` is dropout before the classifier (the official code applies it inside the
@@ -39,9 +42,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
-from edgevision.layers.attention import multihead_attention
+from edgevision.layers.shapes import (
+    contiguous_copy,
+    crop_to,
+    map_to_tokens,
+    pad_to_multiple,
+    subsample,
+    tokens_to_map,
+)
 from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
+
+# Size-dependent helpers: torch.fx.symbolic_trace records them as calls (see layers/shapes.py).
+torch.fx.wrap("pad_to_multiple")
+torch.fx.wrap("crop_to")
+torch.fx.wrap("tokens_to_map")
+torch.fx.wrap("map_to_tokens")
+torch.fx.wrap("subsample")
 
 CFGS = {
     "edgevit_xxs": dict(depths=(1, 1, 3, 2), dims=(36, 72, 144, 288), head_dim=36),
@@ -65,10 +82,8 @@ class PatchEmbed(nn.Module):
     def forward(self, x):
         # Unconditional (a no-op amount at multiples of the patch): shape arithmetic only, so
         # traced/exported graphs keep the padding for other input sizes.
-        p = self.patch
-        x = F.pad(x, (0, (-x.shape[3]) % p, 0, (-x.shape[2]) % p))
-        x = self.proj(x).permute(0, 2, 3, 1)
-        return self.norm(x).permute(0, 3, 1, 2)
+        x = self.proj(pad_to_multiple(x, self.patch)).permute(0, 2, 3, 1)
+        return contiguous_copy(self.norm(x).permute(0, 3, 1, 2))  # NCHW memory (layers/shapes.py)
 
 
 class ConvMlp(nn.Module):
@@ -121,17 +136,21 @@ class GlobalSparseAttn(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """x: (B, h*w, C) tokens -> (B, h*w, C)."""
-        b, n, c = x.shape
         r = self.r
-        if r > 1:  # strided picking = official AvgPool2d(1, r); ceil(h / r) rows for any h
-            x = x.transpose(1, 2).reshape(b, c, h, w)[:, :, ::r, ::r]
+        if r > 1:  # (a module constant) strided picking = official AvgPool2d(1, r): ceil(h / r) rows
+            x = subsample(tokens_to_map(x, h, w), r)
             hs, ws = x.shape[2], x.shape[3]
-            x = x.flatten(2).transpose(1, 2)
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        x = multihead_attention(q, k, v, self.num_heads, self.scale, self.attn_drop if self.training else 0.0)
-        if r > 1:
-            x = self.local_prop(x.transpose(1, 2).reshape(b, c, hs, ws))[:, :, :h, :w]
-            x = self.norm(x.flatten(2).transpose(1, 2))
+            x = map_to_tokens(x)
+        # [q | k | v], each head-major; the token count is dynamic, so heads are split by a view
+        # of the contiguous qkv output and merged from a contiguous copy (layers/shapes.py)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0,
+                                           scale=self.scale)
+        x = contiguous_copy(x.transpose(1, 2)).view(b, n, c)
+        if r > 1:  # LocalProp gives r * ceil(h / r) rows: cropped back to h (layers/shapes.py)
+            x = crop_to(self.local_prop(tokens_to_map(x, hs, ws)), h, w)
+            x = self.norm(map_to_tokens(x))
         return self.proj_drop(self.proj(x))
 
 
@@ -150,11 +169,11 @@ class SelfAttn(nn.Module):
 
     def forward(self, x):
         x = x + self.pos_embed(x)
-        b, c, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        h, w = x.shape[2], x.shape[3]
+        x = map_to_tokens(x)
         x = x + self.drop_path(self.attn(self.norm1(x), h, w))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x.transpose(1, 2).reshape(b, c, h, w)
+        return tokens_to_map(x, h, w)
 
 
 class LGLBlock(nn.Module):
@@ -215,14 +234,27 @@ class EdgeViT(EdgeModel):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x):
-        return self.stages(x)
+    # forward_features / _forward_levels: the base's (no stem: one feature level per stage,
+    # through _run_stage so that set_grad_checkpointing applies). As in the official code the
+    # final BatchNorm belongs to the head: forward_features returns the last stage's map.
 
     def forward_head(self, x, pre_logits: bool = False):
-        x = self.norm(x).mean((2, 3))
+        x = self._pool(self.norm(x))  # global_pool='': the normalised map (B, C, H, W)
         if pre_logits:
             return x
         return self.head(self.head_drop(x))
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's format, as for ConvNeXt: the first patch embedding is the stem; each later
+        one opens its stage; the head's BatchNorm goes with the last blocks."""
+        return dict(
+            stem=r"^stages\.0\.downsample",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm\.", (99999,)),
+            ],
+        )
 
 
 # ----------------------------------------------------------------------------- converter

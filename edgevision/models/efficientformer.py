@@ -11,9 +11,20 @@ Differences from the official code and timm, on purpose:
   (|dy|, |dx|), is resized from 7x7 to HxW with bicubic interpolation, align_corners=True
   (offset 0, a token's bias to itself, and the largest offset stay pinned to the table's
   corners). At 7x7 the table is used as stored, so 224 px gives exactly the fixed-grid result.
+  The resize is computed from its bicubic taps (A = -0.75, as ``F.interpolate``; equal to it
+  within 1e-14 in float64, float32 rounding aside), without ``F.interpolate``'s branch on a
+  1-point output, so one ``torch.export`` program resizes for each input's grid.
 - **No bias cache.** The official attention caches the gathered bias in eval() and serves a
   stale one if weights change afterwards; here it is gathered on every forward (a gather of
   heads x N x N values, negligible next to the matmuls).
+- **Attention written out**, as timm's (q k^T * scale + bias, softmax, @ v) rather than
+  ``F.scaled_dot_product_attention``: with a float mask SDPA runs its math path anyway, whose
+  reshapes of a transposed k make torch.export pin the input size.
+- **Features.** ``forward_features`` returns the normalised (B, N, C) tokens, and with
+  ``global_pool=''`` ``forward_head`` returns them unpooled, as timm's EfficientFormer;
+  ``forward_intermediates`` returns NCHW maps at strides 4-32 (the last stage's tokens
+  un-flattened, before the final norm). torchvision's ``create_feature_extractor`` at
+  ``stages.3`` returns that stage's tokens (the NCHW map is never built in ``forward``).
 - Training mode follows timm: forward returns the average of ``head`` and ``head_dist``
   unless ``set_distilled_training(True)`` was called, in which case training-mode forward
   returns the tuple (head, head_dist) for a distillation loss. (The official code always
@@ -29,8 +40,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
+from edgevision.layers.shapes import contiguous_copy, map_to_tokens, tokens_to_map
 from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
+
+# Size-dependent helpers: torch.fx.symbolic_trace records them as calls (see layers/shapes.py).
+torch.fx.wrap("tokens_to_map")
+torch.fx.wrap("map_to_tokens")
 
 CFGS = {
     "efficientformer_l1": dict(depths=(3, 2, 6, 4), dims=(48, 96, 224, 448), num_vit=1),
@@ -80,10 +96,10 @@ class Downsample(nn.Module):
 
 
 class Flat(nn.Module):
-    """NCHW -> (B, N, C) tokens. Parameterless; it keeps the official block indices."""
+    """NCHW -> (B, N, C) tokens (contiguous). Parameterless; it keeps the official block indices."""
 
     def forward(self, x):
-        return x.flatten(2).transpose(1, 2)
+        return map_to_tokens(x)
 
 
 class PoolMixer(nn.Module):
@@ -127,21 +143,53 @@ class Meta4D(nn.Module):
         return x + self.drop_path(self.ls2(self.mlp(x)))
 
 
+def _cubic_taps(n_out, n_in: int, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D bicubic resampling from n_in to n_out points with align_corners=True, as torch's
+    ``upsample_bicubic2d`` defines it (A = -0.75, source index clamped to the border; a single
+    output point samples point 0): (n_out, 4) weights and the (n_out, 4) source points they
+    apply to. Tensor ops only: ``F.interpolate`` branches on whether n_out is 1, a guard that
+    would pin an exported program's input size. At n_out == n_in the weights are exactly
+    (0, 1, 0, 0) on the output's own point: the identity."""
+    a = -0.75
+    i = torch.arange(n_out, device=ref.device, dtype=ref.dtype)
+    src = (n_in - 1) / i[-1:].clamp(min=1) * i  # scale (in - 1) / (out - 1), as torch; 0 for out = 1
+    i0 = src.floor()
+    t = (src - i0)[:, None]
+    x1, x2 = t + 1, 1 - t
+    w = torch.cat([
+        ((a * x1 - 5 * a) * x1 + 8 * a) * x1 - 4 * a,  # tap i0 - 1
+        ((a + 2) * t - (a + 3)) * t * t + 1,  # tap i0
+        ((a + 2) * x2 - (a + 3)) * x2 * x2 + 1,  # tap i0 + 1
+        ((a * (x2 + 1) - 5 * a) * (x2 + 1) + 8 * a) * (x2 + 1) - 4 * a,  # tap i0 + 2
+    ], dim=1)
+    taps = (i0.long()[:, None] + torch.arange(-1, 3, device=ref.device)).clamp(0, n_in - 1)
+    return w, taps
+
+
+@torch.fx.wrap
 def attention_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(heads, 49) |offset| table -> (heads, N, N) bias for an HxW token grid.
 
-    The table is a function of (|dy|, |dx|) sampled on 0..6; other grids resize it to
-    0..H-1 x 0..W-1 (bicubic, align_corners=True). 7x7 uses the table as stored.
+    The table is a function of (|dy|, |dx|) sampled on 0..6; it is resized to 0..H-1 x 0..W-1
+    by bicubic interpolation with align_corners=True (separable weight matrices, equal to
+    ``F.interpolate`` up to float rounding), which at 7x7 returns the table exactly as stored.
+    No branch on the grid: under torch.export the resize and the gather follow the symbolic
+    grid, so an exported program interpolates for the grid of each input, not the grid seen at
+    export. (torch.fx.symbolic_trace records this function as one call.)
     """
     h, w = grid
     heads = table.shape[0]
-    t = table.reshape(heads, BIAS_GRID, BIAS_GRID)
-    if (h, w) != (BIAS_GRID, BIAS_GRID):
-        t = F.interpolate(t.unsqueeze(0), size=(h, w), mode="bicubic", align_corners=True)[0]
-    ys = torch.arange(h, device=table.device).repeat_interleave(w)
-    xs = torch.arange(w, device=table.device).repeat(h)
-    idx = (ys[:, None] - ys[None, :]).abs() * w + (xs[:, None] - xs[None, :]).abs()
-    return t.reshape(heads, h * w)[:, idx]
+    wy, ty = _cubic_taps(h, BIAS_GRID, table)  # (h, 4) weights and table rows
+    wx, tx = _cubic_taps(w, BIAS_GRID, table)  # (w, 4)
+    t = table.reshape(heads, BIAS_GRID, BIAS_GRID)[:, ty[:, :, None, None], tx[None, None, :, :]]
+    t = (t * wx).sum(-1)  # (heads, h, 4, w): along x first, then y, as torch does
+    t = (t * wy[:, :, None]).sum(2)  # (heads, h, w)
+    ys = torch.arange(h, device=table.device)
+    xs = torch.arange(w, device=table.device)
+    dy = (ys[:, None] - ys[None, :]).abs()  # (h, h)
+    dx = (xs[:, None] - xs[None, :]).abs()  # (w, w)
+    idx = dy[:, None, :, None] * w + dx[None, :, None, :]  # (h, w, h, w): query (y, x), key (y', x')
+    return t.reshape(heads, h * w)[:, idx.reshape(h * w, h * w)]
 
 
 class Attention(nn.Module):
@@ -159,11 +207,16 @@ class Attention(nn.Module):
 
     def forward(self, x, grid: tuple[int, int]):
         b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, self.num_heads, -1).transpose(1, 2)
+        qkv = self.qkv(x).view(b, n, self.num_heads, 2 * self.key_dim + self.val_dim).transpose(1, 2)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=-1)
         bias = attention_bias(self.attention_biases, grid).to(q.dtype)  # no cache: never stale
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        return self.proj(x.transpose(1, 2).reshape(b, n, -1))
+        # Written out (as timm does) rather than F.scaled_dot_product_attention: with a float
+        # mask SDPA takes its math path, whose matmuls reshape a transposed k; with a dynamic
+        # token count that reshape asks whether the count is 1, a guard that would pin an
+        # exported program's input size. Here q, k^T, v and the merged heads are contiguous copies.
+        attn = (contiguous_copy(q) @ contiguous_copy(k.transpose(-2, -1))) * self.scale + bias
+        x = attn.softmax(dim=-1) @ contiguous_copy(v)
+        return self.proj(contiguous_copy(x.transpose(1, 2)).view(b, n, self.num_heads * self.val_dim))
 
 
 class Meta3D(nn.Module):
@@ -190,6 +243,7 @@ class Stage(nn.Module):
 
     def __init__(self, in_chs, dim, depth, downsample, num_vit, dpr, drop):
         super().__init__()
+        self.tokens_out = bool(num_vit)  # the last stage ends in (B, N, C) tokens
         self.downsample = Downsample(in_chs, dim) if downsample else nn.Identity()
         blocks = []
         for i in range(depth):
@@ -201,6 +255,13 @@ class Stage(nn.Module):
                 blocks.append(Meta4D(dim, drop=drop, drop_path=dpr[i]))
         self.blocks = nn.Sequential(*blocks)
 
+    def output_grid(self, x: torch.Tensor):
+        """(H, W) of this stage's output for input map x (the stride-2 3x3 conv: ceil(side / 2))."""
+        h, w = x.shape[2], x.shape[3]
+        if isinstance(self.downsample, Downsample):  # a module-structure branch, not a size branch
+            return (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        return h, w
+
     def forward(self, x):
         x = self.downsample(x)
         grid = (x.shape[2], x.shape[3])
@@ -210,6 +271,9 @@ class Stage(nn.Module):
 
 
 class EfficientFormer(EdgeModel):
+    classifier_names = ("head", "head_dist")
+    no_weight_decay_keywords = ("attention_biases",)  # as timm's EfficientFormer
+
     def __init__(self, cfg: dict, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, proj_drop_rate: float = 0.0, **kwargs):
         super().__init__()
@@ -250,16 +314,34 @@ class EfficientFormer(EdgeModel):
     def set_distilled_training(self, enable: bool = True) -> None:
         self.distilled_training = enable
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = linear_head(self.num_features, num_classes)
-        self.head_dist = linear_head(self.num_features, num_classes)
+    def _forward_levels(self, x, stop: int):
+        """Stage outputs as NCHW maps at strides 4/8/16/32 (the last stage's tokens un-flattened,
+        without the final norm); the running tensor after the last stage is (B, N, C) tokens."""
+        x = self.stem(x)
+        maps = []
+        for i in range(stop + 1):
+            stage = self.stages[i]
+            h, w = stage.output_grid(x)
+            x = self._run_stage(stage, x)
+            maps.append(tokens_to_map(x, h, w) if stage.tokens_out else x)
+        return maps, x
 
     def forward_features(self, x):
-        return self.norm(self.stages(self.stem(x)))  # (B, N, C) tokens
+        x = self.stem(x)
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+        return self._features_tail(x)  # (B, N, C) tokens
+
+    def _features_tail(self, x):
+        return self.norm(x)
+
+    def _pool(self, x):
+        """Token pooling: 'avg' averages the N tokens; '' keeps the normalised (B, N, C) tokens
+        (timm's EfficientFormer with global_pool='' returns the same)."""
+        return x.mean(dim=1) if self.global_pool == "avg" else x
 
     def forward_head(self, x, pre_logits: bool = False):
-        x = self.head_drop(x.mean(dim=1))
+        x = self.head_drop(self._pool(x))
         if pre_logits:
             return x
         y, y_dist = self.head(x), self.head_dist(x)
@@ -267,20 +349,16 @@ class EfficientFormer(EdgeModel):
             return y, y_dist
         return (y + y_dist) / 2
 
-    def forward_intermediates(self, x):
-        """Stage outputs as NCHW maps at strides 4/8/16/32 (last stage un-flattened, no norm)."""
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            h, w = x.shape[2], x.shape[3]
-            if not isinstance(stage.downsample, nn.Identity):
-                h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-            x = stage(x)
-            if x.dim() == 3:
-                feats.append(x.transpose(1, 2).reshape(x.shape[0], -1, h, w))
-            else:
-                feats.append(x)
-        return feats
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's format (stem, then per stage; as timm's ConvNeXt for the fine grouping)."""
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm\.", (99999,)),
+            ],
+        )
 
 
 # ----------------------------------------------------------------------------- converters
@@ -332,22 +410,26 @@ _NOTES = ("Any input size: the 7x7 attention-bias table is resized (bicubic, ali
 _URL = "https://github.com/snap-research/EfficientFormer"
 
 
+# Evaluation preprocessing of the official release (and timm's port): 0.95 center crop.
+_CFG = dict(crop_pct=0.95, license="Apache-2.0", weights_source="snap-research/EfficientFormer")
+
+
 @register_model("efficientformer", paper=_PAPER, params=12.3e6, macs=1.3e9, top1=79.2,
                 source="paper Table 1 (L1); official code: 12,289,928 params",
-                converters=_CONVERTERS, notes=_NOTES, weights_url=None)
+                converters=_CONVERTERS, notes=_NOTES, weights_url=None, cfg=_CFG)
 def efficientformer_l1(**kwargs):
     return EfficientFormer(CFGS["efficientformer_l1"], **kwargs)
 
 
 @register_model("efficientformer", paper=_PAPER, params=31.3e6, macs=3.9e9, top1=82.4,
                 source="paper Table 1 (L3); official code: 31,406,000 params",
-                converters=_CONVERTERS, notes=_NOTES, weights_url=None)
+                converters=_CONVERTERS, notes=_NOTES, weights_url=None, cfg=_CFG)
 def efficientformer_l3(**kwargs):
     return EfficientFormer(CFGS["efficientformer_l3"], **kwargs)
 
 
 @register_model("efficientformer", paper=_PAPER, params=82.1e6, macs=10.2e9, top1=83.3,
                 source="paper Table 1 (L7); official code: 82,229,328 params",
-                converters=_CONVERTERS, notes=_NOTES, weights_url=None)
+                converters=_CONVERTERS, notes=_NOTES, weights_url=None, cfg=_CFG)
 def efficientformer_l7(**kwargs):
     return EfficientFormer(CFGS["efficientformer_l7"], **kwargs)

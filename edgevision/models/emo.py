@@ -15,6 +15,10 @@ Faithfulness notes (all verified against official logits, max |d| <= 2e-6):
   padded tokens are keys/values, as official), then crop. The v expansion is pointwise, so it
   is applied after the crop: same result, fewer MACs than the official code when padding.
 - Every BN and LN uses eps 1e-6; GELU is the exact (erf) one.
+- Traceable: torch.fx records the pad/crop as calls; no Python branch on sizes, and windows
+  and channel-LayerNorm outputs are copied to contiguous memory before views, so one
+  ``torch.export`` program with dynamic height/width is right for every window count
+  (see :mod:`edgevision.layers.shapes`).
 - ``drop_rate`` is dropout before the classifier (timm convention); ``drop_path_rate`` is
   spread linearly over the stage blocks (the stem gets none), as official. The official
   training defaults (drop_path 0.04036 for 1M, 0.05 otherwise) are not applied implicitly.
@@ -40,8 +44,15 @@ from edgevision.layers.attention import (
     window_partition,
     window_unpartition,
 )
+from edgevision.layers.shapes import contiguous_copy, crop_to, pad_to_multiple
 from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
+
+# Size-dependent helpers: torch.fx.symbolic_trace records them as calls (see layers/shapes.py).
+torch.fx.wrap("pad_to_multiple")
+torch.fx.wrap("crop_to")
+torch.fx.wrap("window_partition")
+torch.fx.wrap("window_unpartition")
 
 EPS = 1e-6  # every norm in EMO (BN and LN)
 STEM_DIM = 24
@@ -62,11 +73,15 @@ ATTN = (False, False, True, True)
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map (the official wraps nn.LayerNorm the same way)."""
+    """LayerNorm over the channels of an NCHW map (the official wraps nn.LayerNorm the same way).
+
+    The result is copied back to contiguous NCHW: a channels-last-strided map makes the next
+    reshapes and convs ask whether a side is 1 (their layout choice), which torch.export turns
+    into guards on the input size."""
 
     def forward(self, x):
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return contiguous_copy(x.permute(0, 3, 1, 2))
 
 
 def _norm(kind: str, dim: int) -> nn.Module:
@@ -167,17 +182,17 @@ class IRMB(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def window_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention of the normalised map over itself in 7x7 windows (zero-padded, then cropped)."""
-        b, c, h, w = x.shape
-        pad_b, pad_r = (-h) % WINDOW, (-w) % WINDOW
-        x = F.pad(x, (0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        qk = window_partition(self.qk(x), WINDOW, self.window_mode)
-        tokens = window_partition(x, WINDOW, self.window_mode)
-        q, k = qk[..., :c], qk[..., c:]
+        """Attention of the normalised map over itself in 7x7 windows (zero-padded, then cropped).
+
+        No Python branch on sizes: padding and crop are by zero at multiples of 7, so traced and
+        exported graphs keep them for every size (layers/shapes.py)."""
+        xp = pad_to_multiple(x, WINDOW)
+        qk = window_partition(self.qk(xp), WINDOW, self.window_mode)
+        tokens = window_partition(xp, WINDOW, self.window_mode)
+        q, k = qk.chunk(2, dim=-1)  # [q | k], as the qk conv lays them out
         out = multihead_attention(q, k, tokens, self.num_heads, self.scale)
-        out = window_unpartition(out, WINDOW, hp, wp, self.window_mode)
-        return out[:, :, :h, :w]
+        out = window_unpartition(out, WINDOW, xp.shape[2], xp.shape[3], self.window_mode)
+        return crop_to(out, x.shape[2], x.shape[3])
 
     def forward(self, x):
         shortcut = x
@@ -233,11 +248,12 @@ class EMO(EdgeModel):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x):
-        return self.stages(self.stem(x))
+    # forward_features / _forward_levels: the base's (stem, then one feature level per stage,
+    # through _run_stage so that set_grad_checkpointing applies). As in the official code the
+    # final LayerNorm belongs to the head: forward_features returns the last stage's map.
 
     def forward_head(self, x, pre_logits: bool = False):
-        x = self.norm(x).mean((2, 3))
+        x = self._pool(self.norm(x))  # global_pool='': the normalised map (B, C, H, W)
         if pre_logits:
             return x
         return self.head(self.head_drop(x))

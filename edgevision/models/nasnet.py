@@ -8,24 +8,35 @@ cell maths follows the port, including its stem conv with padding 0 and its
 "zero-pad top/left by one, op, crop" stride-2 ops (TF's SAME padding for even sizes).
 
 Differences from the port, on purpose:
-- Any input >= 32 px: global average pooling (adaptive) instead of the fixed AvgPool2d(7).
+- Any input >= 32 px: global average pooling instead of the fixed AvgPool2d(7).
 - Odd map sizes: the port's pad-and-crop reductions return floor(H/2) while its
   factorized-reduce path returns ceil(H/2), so odd sizes crash there. Where a pad-and-crop
   cell (cell_stem_1, reduction cells) meets an odd map, it is first zero-padded by one row /
   column at the bottom / right. At even sizes (e.g. 224) nothing changes.
+
+Tracing and export: the odd-size padding, the factorized reduction's two stride-2 samplings
+and the pad-and-crop are written as zero-amount-at-even-sizes pads, views and negative pads
+(:mod:`edgevision.layers.shapes`), with no Python branch on sizes, so torch.fx traces the
+model and one torch.export program with dynamic height/width is right at odd and even sizes.
 - drop_path_rate (default 0, as NASNet-A Mobile was trained with keep prob 1.0): drops each
   combination's sum, scaled linearly with the cell index, like TF-slim's drop path.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
+from edgevision.layers.shapes import contiguous_copy, pad_to_multiple
 from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
+
+# Size-dependent helpers: torch.fx.symbolic_trace records them as calls (see layers/shapes.py).
+torch.fx.wrap("pad_to_multiple")
 
 BN_EPS = 1e-3
 
@@ -35,13 +46,25 @@ def _bn(c: int) -> nn.BatchNorm2d:
 
 
 def _pad_crop(op, x):
-    """Port's stride-2 trick: zero-pad top/left by 1, apply op, drop the first row/col."""
-    return op(F.pad(x, (1, 0, 1, 0)))[:, :, 1:, 1:]
+    """Port's stride-2 trick: zero-pad top/left by 1, apply op, drop the first row/col (a
+    negative pad: the output side is exactly one less, also for symbolic sizes)."""
+    return F.pad(op(F.pad(x, (1, 0, 1, 0))), (-1, 0, -1, 0))
 
 
 def _even(x):
     """Zero-pad bottom/right to even sides (no-op for even maps)."""
-    return F.pad(x, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
+    return pad_to_multiple(x, 2)
+
+
+@torch.fx.wrap
+def _factorized_samples(x):
+    """The factorized reduction's two stride-2 samplings of NCHW x, each ceil(H/2) x ceil(W/2):
+    ``x[:, :, ::2, ::2]`` and the port's ``F.pad(x, (0, 1, 0, 1))[:, :, 1::2, 1::2]``, i.e. the
+    (0, 0) and (1, 1) pixel of every 2x2 cell of x zero-padded to even sides."""
+    x = _even(x)
+    b, c, h, w = x.shape
+    cells = x.view(b, c, h // 2, 2, w // 2, 2)
+    return contiguous_copy(cells[:, :, :, 0, :, 0]), contiguous_copy(cells[:, :, :, 1, :, 1])
 
 
 class SeparableConv2d(nn.Module):
@@ -112,10 +135,8 @@ class CellBase(nn.Module):
         if self.prev_mode == "conv":
             return self.conv_prev_1x1(x)
         if self.prev_mode == "reduce":
-            x = self.relu(x)
-            a = self.path_1.conv(x[:, :, ::2, ::2])
-            b = self.path_2.conv(F.pad(x, (0, 1, 0, 1))[:, :, 1::2, 1::2])
-            return self.final_path_bn(torch.cat([a, b], 1))
+            a, b = _factorized_samples(self.relu(x))
+            return self.final_path_bn(torch.cat([self.path_1.conv(a), self.path_2.conv(b)], 1))
         return x
 
 
@@ -187,6 +208,8 @@ class ReductionCell(CellBase):
 
 
 class NASNetAMobile(EdgeModel):
+    classifier_names = ("last_linear",)  # the port's name
+
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.5,
                  drop_path_rate: float = 0.0, stem_filters: int = 32, filters: int = 44,
                  cells_per_stack: int = 4, **kwargs):
@@ -235,34 +258,46 @@ class NASNetAMobile(EdgeModel):
             dict(num_chs=24 * f, reduction=32, module=last),
         ]
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.last_linear = linear_head(self.num_features, num_classes)
+    def _cell(self, cell: nn.Module, x, x_prev):
+        """One cell, through activation checkpointing when enabled (set_grad_checkpointing)."""
+        return self._run_stage(functools.partial(cell, x_prev=x_prev), x)
 
     def _run(self, x):
         """Yields (module name, output) in execution order."""
         x0 = self.conv0(x)
         yield "conv0", x0
-        s0 = self.cell_stem_0(x0, x0)
+        s0 = self._cell(self.cell_stem_0, x0, x0)
         yield "cell_stem_0", s0
-        cur, prev = self.cell_stem_1(s0, x0), s0
+        cur, prev = self._cell(self.cell_stem_1, s0, x0), s0
         yield "cell_stem_1", cur
         for name in self.cell_names:
-            cur, prev = getattr(self, name)(cur, prev), cur
+            cur, prev = self._cell(getattr(self, name), cur, prev), cur
             yield name, cur
 
-    def forward_features(self, x):
-        for _, x_out in self._run(x):
-            pass
-        return x_out
+    def _forward_levels(self, x, stop: int):
+        """Runs the cells up to the feature level ``stop`` (levels: ``feature_info`` modules)."""
+        wanted = [d["module"] for d in self.feature_info]
+        maps = []
+        for name, out in self._run(x):
+            if name in wanted:
+                maps.append(out)
+                if len(maps) > stop:
+                    break
+        return maps, out
 
     def forward_head(self, x, pre_logits: bool = False):
-        x = self.dropout(F.adaptive_avg_pool2d(self.relu(x), 1).flatten(1))
+        x = self.dropout(self._pool(self.relu(x)))  # global_pool='': the ReLU'd map
         return x if pre_logits else self.last_linear(x)
 
-    def forward_intermediates(self, x):
-        wanted = [d["module"] for d in self.feature_info]
-        return [out for name, out in self._run(x) if name in wanted]
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's format: stem = conv0 and both stem cells; then one group per cell in execution
+        order (the port's names skip numbers around the reduction cells), or per stack of
+        cells (coarse; a reduction cell opens its stack)."""
+        blocks, stack = [], 0
+        for i, name in enumerate(self.cell_names):
+            stack += name.startswith("reduction_cell")
+            blocks.append((rf"^{name}\.", (stack if coarse else i,)))
+        return dict(stem=r"^(?:conv0|cell_stem_0|cell_stem_1)\.", blocks=blocks)
 
 
 def convert_official_checkpoint(state_dict: dict) -> dict:
@@ -279,6 +314,10 @@ def convert_official_checkpoint(state_dict: dict) -> dict:
     source="paper Table 2 (NASNet-A 4@1056); port: 5,289,978 params",
     weights_url="http://data.lip6.fr/cadene/pretrainedmodels/nasnetamobile-7e03cead.pth",
     converters={"official": convert_official_checkpoint},
+    # The port's weights expect inputs in [0, 1] normalised with mean = std = 0.5 (TF-slim's
+    # [-1, 1]), bicubic resize, 0.875 crop; pretrainedmodels is BSD-3-Clause.
+    cfg=dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875, interpolation="bicubic",
+             license="BSD-3-Clause", weights_source="Cadene/pretrainedmodels (TF-slim NASNet-A Mobile)"),
     notes="pretrainedmodels port layout (stem conv padding 0); adaptive pooling: any input >= 32; "
           "odd maps padded to even before pad-and-crop reductions. Port weights expect "
           "mean=std=0.5 inputs in [0,1].",

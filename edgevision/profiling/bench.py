@@ -8,7 +8,7 @@ in a second rather than after minutes of timing.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import os
 import sys
@@ -18,10 +18,16 @@ from pathlib import Path
 
 import torch
 
+from edgevision.io import atomic_write_text, save_figure
+from edgevision.jsonout import to_json
 from edgevision.profiling.counting import count_macs, count_params
 from edgevision.profiling.runtimes import get_runtime
 from edgevision.profiling.timing import (
-    fixed_threads, machine_info, measure_interleaved, measure_latency, process_peak_memory,
+    fixed_threads,
+    machine_info,
+    measure_interleaved,
+    measure_latency,
+    process_peak_memory,
     torch_peak_memory,
 )
 
@@ -88,12 +94,10 @@ def _validate(models, runtimes, batches, size, threads, warmup, iters, rounds, c
 
 def _normalization(name, model) -> dict:
     """The model's input mean/std for calibration photos (depends on the weights' origin)."""
-    try:
-        from edgevision.inference import preprocess_config
-    except ImportError:
-        return {}
-    cfg = preprocess_config(name, getattr(model, "checkpoint_format", None))
-    return {k: cfg[k] for k in ("mean", "std") if k in cfg}
+    from edgevision.inference import preprocess_config
+
+    cfg = preprocess_config(model)  # the model's pretrained config (its weights' preprocessing)
+    return {k: cfg[k] for k in ("mean", "std")}
 
 
 def _prepare_one(model, runtime, x, ref) -> tuple:
@@ -267,14 +271,16 @@ def write_results(report: dict, out: Path) -> dict:
     """bench.csv, bench.json, bench.md and bench.png under ``out``; returns their paths."""
     rows = report["results"]
     files = dict(csv=out / "bench.csv", json=out / "bench.json", md=out / "bench.md", png=out / "bench.png")
-    with open(files["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    files["json"].write_text(json.dumps(report, indent=2, default=str))
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(files["csv"], buf.getvalue())
+    atomic_write_text(files["json"], to_json(report, indent=2, default=str))
     m = report["machine"]
     s = report["settings"]
-    files["md"].write_text(
+    atomic_write_text(
+        files["md"],
         f"# edgevision bench\n\nCommand: `{report['command']}`\n\n"
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, load average (1, 5, 15 min) before "
         f"{m.get('load_average_before')}, after {m['load_average_1_5_15']}; "
@@ -329,5 +335,7 @@ def plot_results(rows: list[dict], path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)

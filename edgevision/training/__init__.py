@@ -8,7 +8,11 @@ Entry points::
     summary["final_val_top1"]
 """
 
-from edgevision.training.data import export_imagefolder, load_fashion_mnist, prepare_sample_dataset
+from edgevision.training.data import (
+           export_imagefolder,
+           load_fashion_mnist,
+           prepare_sample_dataset,
+)
 from edgevision.training.engine import TrainConfig, evaluate, make_config, train
 from edgevision.training.recipes import RECIPES, list_recipes
 

@@ -4,8 +4,9 @@ A checkpoint is a dict of tensors, plain containers and primitives only, so it l
 ``torch.load(weights_only=True)``: model, optimizer, scheduler, EMA and grad-scaler state,
 the RNG states (python, numpy, torch CPU and CUDA) as tensors/lists, the epoch and step
 counters, the model name, num_classes, class names, the run's config and the log history.
-Files are written through :func:`edgevision.checkpoints.atomic_write` (temp file + rename),
-so a crash while saving leaves the previous checkpoint intact.
+Files are written through :func:`edgevision.io.atomic_torch_save` (temp file, fsync, rename,
+mode from the umask), so a crash while saving leaves the previous checkpoint intact and a full
+disk is one clear line ("disk full while writing .../last.pth"), not torch's C++ message.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgevision.checkpoints import CheckpointError, atomic_write
+from edgevision.checkpoints import CheckpointError, describe_load_error
+from edgevision.io import atomic_torch_save
 
 FORMAT = "edgevision-train-v1"
 LAST = "last.pth"
@@ -61,20 +63,21 @@ def plain(obj):
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """Write ``state`` (plus a format tag) atomically."""
     state = dict(state, format=FORMAT)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_torch_save(state, path)
     return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a training checkpoint with weights_only=True; clear errors for bad files."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a training checkpoint")
     if not path.is_file():
         raise CheckpointError(f"training checkpoint not found: {path}")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt or unsafe files raise many types
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: cannot read training checkpoint ({first})") from e
+        raise CheckpointError(describe_load_error(path, e, "training checkpoint")) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an edgevision training checkpoint (no '{FORMAT}' tag); "
                               "to start from pretrained weights use --checkpoint instead of --resume")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import random
 import struct
 import warnings
@@ -28,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from edgevision.images import load_rgb
+from edgevision.io import atomic_write, atomic_write_bytes, atomic_write_text
 
 FASHION_MNIST_CLASSES = [
     "t-shirt_top", "trouser", "pullover", "dress", "coat",
@@ -102,8 +106,14 @@ def build_vendored_subset(out: str | Path = VENDORED_NPZ, train_per_class: int =
     arrays, _ = load_fashion_mnist("full")
     tr = first_per_class(arrays["y_train"], train_per_class)
     te = first_per_class(arrays["y_test"], test_per_class)
-    np.savez_compressed(out, x_train=arrays["x_train"][tr], y_train=arrays["y_train"][tr],
-                        x_test=arrays["x_test"][te], y_test=arrays["y_test"][te])
+    parts = {"x_train": arrays["x_train"][tr], "y_train": arrays["y_train"][tr],
+             "x_test": arrays["x_test"][te], "y_test": arrays["y_test"][te]}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # atomic_write's temporary file (a file object: no ".npz" appended)
+            np.savez_compressed(f, **parts)
+
+    atomic_write(out, write)
     return Path(out)
 
 
@@ -142,7 +152,11 @@ def export_imagefolder(images: np.ndarray, labels: np.ndarray, out_dir: str | Pa
         y = int(y)
         if img.ndim == 3 and img.shape[-1] == 1:
             img = img[..., 0]
-        Image.fromarray(img).save(root / class_names[y] / f"{counters[y]:05d}.png")
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        # No fsync per image (70,000 of them with the full set): the sample tree's marker file
+        # (written last, fsynced) is what says the export is complete.
+        atomic_write_bytes(root / class_names[y] / f"{counters[y]:05d}.png", buf.getbuffer(), fsync=False)
         counters[y] += 1
     return root
 
@@ -160,6 +174,15 @@ def sample_source(root: str | Path) -> str | None:
         return None
 
 
+def _check_output_folder(out: Path) -> None:
+    """Refuse, before any work, an output that exists but is not a folder (or sits under a file)."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise NotADirectoryError(f"{p} exists and is not a folder; choose another output folder")
+            return
+
+
 def prepare_sample_dataset(out_dir: str | Path, train_per_class: int | None = 200,
                            val_per_class: int | None = 100, source: str = "auto") -> Path:
     """Write the Fashion-MNIST sample as an ImageFolder tree (train/ and val/); returns the root.
@@ -173,6 +196,7 @@ def prepare_sample_dataset(out_dir: str | Path, train_per_class: int | None = 20
     import json
 
     out = Path(out_dir)
+    _check_output_folder(out)
     marker = out / SAMPLE_MARKER
     arrays, used = load_fashion_mnist(source)
     settings = {"dataset": "fashion-mnist", "train_per_class": train_per_class or "all",
@@ -196,14 +220,15 @@ def prepare_sample_dataset(out_dir: str | Path, train_per_class: int | None = 20
                 "set: Debian's dataset-fashion-mnist)") if used == "vendored" else ""
         raise ValueError(f"{e}{hint}") from None
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text("{}")  # "ours, incomplete": a rerun after a crash redoes the export
+    atomic_write_text(marker, "{}")  # "ours, incomplete": a rerun after a crash redoes the export
     export_imagefolder(arrays["x_train"][tr], arrays["y_train"][tr], out, FASHION_MNIST_CLASSES, "train",
                        overwrite=True)
     export_imagefolder(arrays["x_test"][te], arrays["y_test"][te], out, FASHION_MNIST_CLASSES, "val",
                        overwrite=True)
     lic = VENDORED_NPZ.parent / "LICENSE-fashion-mnist.txt"
-    (out / "LICENSE-fashion-mnist.txt").write_text(lic.read_text() if lic.is_file() else "MIT, Zalando SE 2017\n")
-    marker.write_text(json.dumps(settings))
+    atomic_write_text(out / "LICENSE-fashion-mnist.txt",
+                      lic.read_text() if lic.is_file() else "MIT, Zalando SE 2017\n")
+    atomic_write_text(marker, json.dumps(settings))
     return out
 
 
@@ -218,6 +243,7 @@ def export_npz(npz: str | Path, out_dir: str | Path, class_names: list[str] | No
     npz = Path(npz)
     if not npz.is_file():
         raise FileNotFoundError(f"arrays file not found: {npz}")
+    _check_output_folder(Path(out_dir))
     try:
         z = dict(np.load(npz, allow_pickle=False))
     except Exception as e:  # not a zip, truncated, pickled objects...
@@ -409,8 +435,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         for k in range(len(self.samples)):
             path, target = self.samples[(index + k) % len(self.samples)]
             try:
-                with Image.open(path) as im:
-                    return im.convert("RGB"), target
+                return load_rgb(path), target  # any PIL mode scaled correctly, EXIF applied
             except Exception:
                 self.load_failures.append(path)
                 warnings.warn(f"skipping unreadable image {path}", stacklevel=2)

@@ -20,6 +20,7 @@ terminal's Ctrl-C does (DataLoader workers included).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -34,15 +35,30 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # noqa: E402
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD  # noqa: E402
 
-from edgevision.checkpoints import CheckpointError, CheckpointMismatchError, read_metadata, read_state_dict, save_model
+from edgevision.checkpoints import (
+    CheckpointError,
+    CheckpointMismatchError,
+    read_metadata,
+    read_state_dict,
+    save_model,
+)
+from edgevision.io import atomic_write_text
+from edgevision.jsonout import to_json
 from edgevision.training import checkpointing as ckpt
 from edgevision.training import data as D
-from edgevision.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, pick_device
+from edgevision.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    init_distributed,
+    pick_device,
+)
 from edgevision.training.recipes import get_recipe
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 KILL_ENV = "EDGEVISION_KILL_AFTER_STEPS"
 KILL_SIGNAL_ENV = "EDGEVISION_KILL_SIGNAL"  # KILL (default) or TERM/INT
 KILL_GROUP_ENV = "EDGEVISION_KILL_GROUP"  # set: signal the whole process group, not just this process
@@ -79,7 +95,7 @@ class TrainConfig:
     resume: str | None = "auto"  # auto: continue from output/last.pth when present
     checkpoint: str | None = None  # pretrained weights to fine-tune from (new head)
     freeze_backbone: bool = False
-    head_width_scale: float = 1.0  # e.g. 0.5: a slimmer pre-logits layer (MobileNetV3's head_fc)
+    head_width_scale: float = 1.0  # e.g. 0.5: a slimmer pre-logits layer (MobileNetV3's conv_head)
     workers: int = 2
     img_size: int = 224
     crop_pct: float = 1.0
@@ -217,22 +233,34 @@ def load_backbone(model: nn.Module, model_name: str, path: str, head: set[str] |
                                   f"{path} -> {model_name} backbone; closest format: {best[1]}")
 
 
-def resize_head(model: nn.Module, scale: float, num_classes: int) -> set[str]:
-    """Rebuild the Linear pre-logits layer (``head_fc``) at ``scale`` x its width, new classifier.
+def prelogits_layer(model: nn.Module) -> nn.Conv2d | None:
+    """MobileNetV3's pre-logits layer, timm's ``conv_head``: a 1x1 conv with bias on the pooled
+    features (a Linear in effect) before the activation and classifier; None for other models
+    (in MobileNetV2/EfficientNet ``conv_head`` is the conv-BN-act before pooling)."""
+    from timm.models.mobilenetv3 import MobileNetV3
 
-    Returns the re-initialised keys. Only models with such a layer (MobileNetV3) qualify.
+    conv = getattr(model, "conv_head", None)
+    if isinstance(model, MobileNetV3) and isinstance(conv, nn.Conv2d) and isinstance(model.norm_head, nn.Identity):
+        return conv
+    return None
+
+
+def resize_head(model: nn.Module, scale: float | None, num_classes: int, width: int | None = None) -> set[str]:
+    """Rebuild the pre-logits layer (MobileNetV3's ``conv_head``) at ``scale`` x its width (or
+    at ``width``), new classifier. Returns the re-initialised keys. Only MobileNetV3 qualifies.
     """
-    fc = getattr(model, "head_fc", None)
-    if not isinstance(fc, nn.Linear):
-        raise ValueError(f"--head-width-scale needs a model with a Linear pre-logits head (head_fc, "
+    conv = prelogits_layer(model)
+    if conv is None:
+        raise ValueError(f"--head-width-scale needs a model with a pre-logits head after pooling (conv_head, "
                          f"as in MobileNetV3); {type(model).__name__} has none")
-    if not 0 < scale <= 4:
-        raise ValueError(f"--head-width-scale must be in (0, 4]; got {scale}")
-    width = max(8, int(round(fc.out_features * scale)))
-    model.head_fc = nn.Linear(fc.in_features, width)
-    model.num_features = width
+    if width is None:
+        if not 0 < scale <= 4:
+            raise ValueError(f"--head-width-scale must be in (0, 4]; got {scale}")
+        width = max(8, round(conv.out_channels * scale))
+    model.conv_head = nn.Conv2d(conv.in_channels, width, 1, bias=conv.bias is not None)
+    model.head_hidden_size = width  # timm: the pre-logits width the classifier is built on
     model.reset_classifier(num_classes)
-    return {f"head_fc.{k}" for k in model.head_fc.state_dict()}
+    return {f"conv_head.{k}" for k in model.conv_head.state_dict()}
 
 
 def freeze_backbone(model: nn.Module, head_keys: set[str]) -> int:
@@ -443,7 +471,7 @@ class Run:
         if cfg.head_width_scale != 1.0:
             self.head_keys |= resize_head(model, cfg.head_width_scale, len(self.classes))
             self.head_keys |= classifier_keys(cfg.model, model)
-            self.log(f"head: pre-logits width {model.num_features} ({cfg.head_width_scale:g}x)")
+            self.log(f"head: pre-logits width {model.head_hidden_size} ({cfg.head_width_scale:g}x)")
         if cfg.checkpoint:
             fmt, _ = load_backbone(model, cfg.model, cfg.checkpoint, self.head_keys)
             self.log(f"fine-tune: loaded {cfg.checkpoint} ({fmt} format) except the classifier "
@@ -586,11 +614,12 @@ class Run:
         if not self.main or not self.history:
             return
         keys = list(self.history[0])
-        with open(self.out / "log.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.history)
-        (self.out / "log.json").write_text(json.dumps(self.history, indent=1))
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_text(self.out / "log.csv", buf.getvalue())
+        atomic_write_text(self.out / "log.json", to_json(self.history, indent=1))
         from edgevision.training.plots import plot_curves
 
         plot_curves(self.history, self.out / "curves.png")
@@ -614,7 +643,9 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 def _tensorboard(run: Run):
     if not (run.cfg.tensorboard and run.main):
         return None
-    from torch.utils.tensorboard import SummaryWriter  # checked by train() before any work
+    from torch.utils.tensorboard import (
+        SummaryWriter,  # checked by train() before any work
+    )
 
     return SummaryWriter(str(run.out / "tensorboard"))
 
@@ -801,7 +832,7 @@ def _finish(run: Run, seconds: float) -> dict:
             "mean": list(model_norm(run.model)[0]),
             "std": list(model_norm(run.model)[1])}
     if cfg.head_width_scale != 1.0:
-        meta["head_width"] = run.model.num_features
+        meta["head_width"] = prelogits_layer(unwrap(run.model)).out_channels
     weights = run.out / "model.safetensors"
     if run.main:
         save_model(run.model, weights, cfg.model, extra=meta)
@@ -822,7 +853,7 @@ def _finish(run: Run, seconds: float) -> dict:
     }
     skipped = sum(r["skipped_corrupt"] + r["skipped_not_image"] for r in run.scan_reports)
     if run.main:
-        (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        atomic_write_text(run.out / "summary.json", to_json(summary, indent=1))
         run.log(f"done: {cfg.model} val top-1 {summary['final_val_top1']:.2f}% (chance "
                 f"{summary['chance_top1']:.0f}%; best {summary['best_val_top1']:.2f}% at epoch "
                 f"{summary['best_epoch']}) in {seconds:.0f} s; weights {weights}; logs, curves.png, "
@@ -871,10 +902,9 @@ def evaluate(model_name: str, data: str, checkpoint: str, output: str | None = N
     model = create_model(model_name, num_classes=len(classes))
     if train_state is not None:
         sd = train_state["model"]
-        fc_w = sd.get("head_fc.weight")
-        if fc_w is not None and getattr(model, "head_fc", None) is not None \
-                and fc_w.shape[0] != model.head_fc.out_features:
-            resize_head(model, fc_w.shape[0] / model.head_fc.out_features, len(classes))
+        head_w, head = sd.get("conv_head.weight"), prelogits_layer(model)
+        if head_w is not None and head is not None and head_w.shape[0] != head.out_channels:
+            resize_head(model, None, len(classes), width=head_w.shape[0])
         from edgevision.checkpoints import load_state_dict_strict
 
         load_state_dict_strict(model, sd, f"{checkpoint} -> {model_name}")
@@ -883,7 +913,7 @@ def evaluate(model_name: str, data: str, checkpoint: str, output: str | None = N
         from edgevision.registry import model_info
 
         if "head_width" in meta:  # trained with --head-width-scale: rebuild that head, then load
-            resize_head(model, int(json.loads(meta["head_width"])) / model.head_fc.out_features, len(classes))
+            resize_head(model, None, len(classes), width=int(json.loads(meta["head_width"])))
         load_checkpoint(model, checkpoint, model_info(model_name).converters, model_name)
     model = model.to(dev)
     size = img_size or int(json.loads(meta.get("img_size", "224")))
@@ -905,6 +935,6 @@ def evaluate(model_name: str, data: str, checkpoint: str, output: str | None = N
               "per_class_acc": dict(zip(classes, res["per_class_acc"])),
               "confusion_matrix": res["confusion"].tolist(), "classes": classes,
               "confusion_png": str(png), "scan": rep.as_dict(), "img_size": size}
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(out / "eval.json", to_json(result, indent=1))
     result["json"] = str(out / "eval.json")
     return result

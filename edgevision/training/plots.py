@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevision.io import save_figure
+
 
 def _plt():
     import matplotlib
@@ -28,8 +30,10 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
     b.plot(ep, [h["val_top1"] for h in history], "o-", label="val top-1")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy (%)"), b.legend(), b.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100)  # atomic; a full disk is one clear WriteError
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
@@ -53,6 +57,8 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: 
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100)  # atomic; a full disk is one clear WriteError
+    finally:
+        plt.close(fig)
     return Path(path)
