@@ -84,7 +84,11 @@ def report(name: str, stats: dict, size: int) -> dict:
         model = ev.create_model(name)
     h, w = info.input_size[1:]
     key = STATS_KEY.get(name, name)
-    has_timm = "timm" in info.converters and timm.models.is_model(name)
+    # timm's layout: a converter for our own networks, the identity where ours is timm's class
+    # (names edgevision registers into timm itself do not count: that would be ours vs ours)
+    from timm.models._registry import _model_to_module
+
+    has_timm = timm.models.is_model(name) and _model_to_module.get(name) != "timm_models"
     if key in stats:  # measured on the official / timm / torchvision code
         ref = dict(ref_key=key, ref_params=stats[key]["params"], ref_macs=stats[key]["flops_torch"] // 2)
     elif has_timm:  # no stored figure: count timm's model here with the same counter
@@ -100,7 +104,8 @@ def report(name: str, stats: dict, size: int) -> dict:
     )
     converters = info.converters
     if has_timm:
-        row["equivalence"]["timm"] = against_library(name, timm.create_model(name), converters["timm"], size)
+        row["equivalence"]["timm"] = against_library(name, timm.create_model(name),
+                                                     converters.get("timm", dict), size)
     if name in TORCHVISION:
         tv = getattr(torchvision.models, TORCHVISION[name])()
         row["equivalence"]["torchvision"] = against_library(name, tv, converters["torchvision"], size)

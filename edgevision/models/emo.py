@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
+from timm.models._efficientnet_blocks import SqueezeExcite
 
 from edgevision.layers.attention import (
     check_window_mode,
@@ -117,27 +118,14 @@ class DWConvBNAct(nn.Module):
         return self.act(self.norm(self.conv(x)))
 
 
-class SqueezeExcite(nn.Module):
-    """SE with reduction ratio 1 (stem only): mean -> 1x1 -> SiLU -> 1x1 -> sigmoid gate."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.conv_reduce = nn.Conv2d(dim, dim, 1)
-        self.act = nn.SiLU()
-        self.conv_expand = nn.Conv2d(dim, dim, 1)
-
-    def forward(self, x):
-        s = x.mean((2, 3), keepdim=True)
-        return x * torch.sigmoid(self.conv_expand(self.act(self.conv_reduce(s))))
-
-
 class StemBlock(nn.Module):
     """The stem's iRMB: no norm, no expansion, no skip: DW3x3+BN+SiLU -> SE -> 1x1 (no bias)."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.conv_local = DWConvBNAct(dim, 3, 1)
-        self.se = SqueezeExcite(dim)
+        # timm's SE (conv_reduce / conv_expand, the official key names) at reduction ratio 1
+        self.se = SqueezeExcite(dim, rd_channels=dim, act_layer=nn.SiLU)
         self.proj = ConvAct(dim, dim, bias=False)
 
     def forward(self, x):

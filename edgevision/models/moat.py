@@ -77,6 +77,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
+from timm.models._efficientnet_blocks import SqueezeExcite
 
 from edgevision.models.base import EdgeModel, linear_head
 from edgevision.registry import register_model
@@ -219,17 +220,6 @@ def rel_pos_attention(qkv: torch.Tensor, table: torch.Tensor, key_mask: torch.Te
 
 
 # ----------------------------------------------------------------------------- blocks
-class SqueezeExcite(nn.Module):
-    def __init__(self, chs: int, rd: int):
-        super().__init__()
-        self.reduce = nn.Conv2d(chs, rd, 1)
-        self.expand = nn.Conv2d(rd, chs, 1)
-
-    def forward(self, x):
-        s = self.expand(F.silu(self.reduce(x.mean((2, 3), keepdim=True))))
-        return x * torch.sigmoid(s)
-
-
 class MBConv(nn.Module):
     """deeplab2 MBConvBlock (pre-norm inverted residual, expansion of the output width)."""
 
@@ -244,7 +234,9 @@ class MBConv(nn.Module):
         self.expand_norm = _bn(mid)
         self.dw_conv = nn.Conv2d(mid, mid, 3, stride, 1 if stride == 1 else 0, groups=mid, bias=False)
         self.dw_norm = _bn(mid)
-        self.se = SqueezeExcite(mid, max(1, int(cout * se_ratio))) if se_ratio else nn.Identity()
+        # timm's SE block (mean -> 1x1 -> SiLU -> 1x1 -> sigmoid gate), deeplab2's widths
+        self.se = SqueezeExcite(mid, rd_channels=max(1, int(cout * se_ratio)), act_layer=nn.SiLU) \
+            if se_ratio else nn.Identity()
         self.shrink_conv = nn.Conv2d(mid, cout, 1)
         self.drop_path = DropPath(drop_path)
 
@@ -406,7 +398,7 @@ class MOAT(EdgeModel):
 _TF_STEM = {"conv_0": "stem.conv1", "norm_0": "stem.norm1", "conv_1": "stem.conv2"}
 _TF_LAYERS = {"shortcut_conv": "shortcut", "pre_norm": "pre_norm", "expand_conv": "expand_conv",
               "expand_norm": "expand_norm", "depthwise_conv": "dw_conv", "depthwise_norm": "dw_norm",
-              "se/reduce_conv2d": "se.reduce", "se/expand_conv2d": "se.expand",
+              "se/reduce_conv2d": "se.conv_reduce", "se/expand_conv2d": "se.conv_expand",
               "shrink_conv": "shrink_conv"}
 _TF_VARS = {"kernel": "weight", "depthwise_kernel": "weight", "bias": "bias", "gamma": "weight",
             "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
