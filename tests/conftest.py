@@ -10,6 +10,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
 
+# predict/bench apply edgevision's process-wide allocator setting (keep freed heap memory);
+# tests run many models in one worker, so they keep glibc's defaults.
+os.environ.setdefault("EDGEVISION_KEEP_HEAP", "0")
+
 # One torch thread per test worker: pytest-xdist runs one worker per core.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)

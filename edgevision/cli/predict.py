@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
                          help="the official weights (downloaded once into the cache)")
     p.add_argument("--topk", type=int_range(1, 1000), default=5, help="number of classes to print (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--eager", action="store_true",
+                   help="run the plain eager model (default: edgevision.optimize, same top-k, faster; "
+                   "EDGEVISION_KEEP_HEAP=0 turns its allocator setting off)")
     p.set_defaults(func=run)
 
 
@@ -25,6 +28,10 @@ def run(args) -> int:
     from edgevision.inference import predict
 
     model = create_model(args.name, checkpoint=args.checkpoint, pretrained=args.pretrained)
+    if not args.eager:
+        from edgevision.export.optimize import keep_heap_from_env, optimize
+
+        model = optimize(model, inplace=True, keep_heap=keep_heap_from_env())
     rows = predict(model, args.image, topk=args.topk)
     if args.json:
         print(to_json([dict(rank=r + 1, class_index=i, class_name=n, probability=p)

@@ -1,8 +1,10 @@
 """Deploy-time fusion: fold BatchNorm into the conv/linear that feeds it.
 
-Generic over module graphs without relying on torch.fx (our models' input checks are
-data-dependent Python, which fx's symbolic tracing cannot follow). Instead one example
-forward is observed:
+Every model here traces with torch.fx, but torch's fx route
+(``torch.fx.experimental.optimization.fuse``) returns a bare GraphModule: the model's class,
+timm API, ``pretrained_cfg`` and state-dict names would be lost. So the pairs are found by
+observing one example forward, and folded in place in the original modules with torch's own
+folding functions:
 - forward hooks record, per module call, its input and output tensor objects;
 - a TorchFunctionMode counts how many tensor-producing torch calls consume each tensor.
 A (conv, bn) pair (BN of exact torch type, not a subclass that does more) is folded only

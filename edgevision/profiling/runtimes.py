@@ -6,7 +6,10 @@ the caller's model (runtimes that change layout or weights work on a copy) and d
 one-time work (tracing, compiling, exporting, quantizing) so that timing sees only steady
 state. ``check()`` raises MissingPackageError naming the pip extra before anything runs.
 
-Runtimes: eager, channels_last, fused (eager after folding BatchNorm), compile (inductor,
+Runtimes: eager, channels_last, fused (eager after folding BatchNorm), optimized
+(:func:`edgevision.optimize`: channels_last, BN folded, in-place activations and adds, and
+glibc keeping freed memory; that allocator setting is process-wide, so the runtimes timed
+beside it in one run share it; ``EDGEVISION_KEEP_HEAP=0`` turns it off), compile (inductor,
 freezing on), torchscript (trace + freeze), onnxruntime (fp32, our ONNX export),
 onnxruntime-int8 (static QDQ, per-channel weights), pt2e-int8 (torchao + inductor).
 """
@@ -80,6 +83,15 @@ class Fused(Runtime):
         from edgevision.export.fuse import fuse_bn
 
         return fuse_bn(model, example, inplace=False)
+
+
+class Optimized(Runtime):
+    name, summary = "optimized", "edgevision.optimize: channels_last, BN folded, in-place ops, heap kept"
+
+    def prepare(self, model, example):
+        from edgevision.export.optimize import keep_heap_from_env, optimize
+
+        return optimize(model, keep_heap=keep_heap_from_env(), example=example[:1])
 
 
 class Compile(Runtime):
@@ -156,7 +168,7 @@ class Pt2eInt8(Compile):
 
 RUNTIMES: dict[str, type[Runtime]] = {
     cls.name: cls
-    for cls in (Eager, ChannelsLast, Fused, Compile, TorchScript, OnnxRuntime, OnnxRuntimeInt8, Pt2eInt8)
+    for cls in (Eager, ChannelsLast, Fused, Optimized, Compile, TorchScript, OnnxRuntime, OnnxRuntimeInt8, Pt2eInt8)
 }
 
 
