@@ -233,7 +233,7 @@ def to_markdown(report: dict) -> str:
             f"{r['minor_faults_per_call']:.0f} | {r['max_rss_mb']:.0f} | "
             f"{_fmt(r['max_abs_diff_vs_eager'], '.1e')} | {ops} |")
     if report["claim"]:
-        lines += ["", f"EMO-1M / EdgeNeXt-XXS throughput (the EMO paper claims 2.16; the two models are "
+        lines += ["", "EMO-1M / EdgeNeXt-XXS throughput (the EMO paper claims 2.16; the two models are "
                   "timed in consecutive groups, not interleaved with each other):", "",
                   "| batch | variant | EMO-1M img/s | EdgeNeXt-XXS img/s | ratio |", "|---:|---|---:|---:|---:|"]
         for c in report["claim"]:

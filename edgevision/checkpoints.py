@@ -120,13 +120,48 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e}); is it truncated?") from e
 
 
+def _not_weights(path: Path) -> str | None:
+    """What a file that is certainly not a PyTorch checkpoint is (a NumPy archive, another zip,
+    a JSON/text/HTML file), from its first bytes; None when it may be one."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None  # a truncated torch zip: torch's own error says so
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return None
+        if names and all(n.endswith(".npy") for n in names):
+            return ("a NumPy .npz archive, not PyTorch weights (load it with numpy and save the tensors "
+                    "with safetensors.torch.save_file)")
+        return f"a zip archive that is not a PyTorch checkpoint (holds {', '.join(names[:3]) or 'nothing'})"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not a character cut at the end of the 4 KB read
+            return None
+        text = head[:e.start].decode("utf-8")
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        start = " ".join(text.split())[:40]
+        first = start[:1]
+        kind = "a JSON file" if first in ("{", "[") else "an HTML page" if first == "<" else "a text file"
+        return f"{kind} (starts {start!r}), not a weights file"
+    return None
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read the tensors of a checkpoint file, safely, with clear errors.
 
     The format is recognised by content, not by suffix (safetensors saved as ``.pth`` loads);
     pickled files load with ``weights_only=True``, and a refused object is named.
     """
-    path = Path(path)
+    from edgevision.io import as_path
+
+    path = as_path(path, "checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if not path.exists():
@@ -137,6 +172,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: file is empty")
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return _read_safetensors(path)
+    other = _not_weights(path)
+    if other:
+        raise CheckpointError(f"{path}: {other}")
     try:
         with _safe_globals():
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -156,6 +194,8 @@ def describe_load_error(path, e: BaseException, what: str) -> str:
     lines = [ln.strip() for ln in text.splitlines()
              if ln.strip() and "weights_only" not in ln and "Weights only load failed" not in ln]
     detail = lines[-1] if lines else type(e).__name__
+    # torch's C++ messages: "[enforce fail at x.cc:N] . what", "what. This is an internal miniz error..."
+    detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", detail).split(". ")[0]
     return f"{path}: not a readable {what} ({detail[:200]}); is it truncated, corrupt or a plain pickle?"
 
 

@@ -10,7 +10,9 @@ from edgevision.checkpoints import load_checkpoint, read_metadata
 from edgevision.models.base import (
     EdgeModel,
     FeatureNet,
+    check_indices_type,
     check_input_shape,
+    check_num_classes,
     take_indices,
 )
 from edgevision.registry import model_info, pretrained_cfg
@@ -47,6 +49,8 @@ def create_model(
     """
     info = model_info(name)
     _check_args(name, num_classes, in_chans, drop_path_rate, checkpoint, pretrained, features_only)
+    if "drop_rate" in kwargs:  # timm's classifier dropout: refused at build, not at the first step
+        _check_rate("drop_rate", kwargs["drop_rate"])
     if pretrained:
         if checkpoint is not None:
             raise ValueError("give either pretrained=True or checkpoint=PATH, not both")
@@ -78,18 +82,20 @@ def create_model(
     return model
 
 
+def _check_rate(arg: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{arg} must be a number; got {type(value).__name__}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{arg} must be in [0, 1); got {value}")
+
+
 def _check_args(name, num_classes, in_chans, drop_path_rate, checkpoint, pretrained, features_only):
-    for arg, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{arg} must be an int; got {type(value).__name__} {value!r}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int):
+        raise TypeError(f"in_chans must be an int; got {type(in_chans).__name__} {in_chans!r}")
+    check_num_classes(num_classes)
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-    if num_classes < 0:
-        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)):
-        raise TypeError(f"drop_path_rate must be a number; got {type(drop_path_rate).__name__}")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"drop_path_rate must be in [0, 1); got {drop_path_rate}")
+    _check_rate("drop_path_rate", drop_path_rate)
     if checkpoint is not None and not isinstance(checkpoint, (str, bytes)) and not hasattr(checkpoint, "__fspath__"):
         raise TypeError(f"checkpoint must be a path; got {type(checkpoint).__name__}")
     for arg, value in (("pretrained", pretrained), ("features_only", features_only)):
@@ -172,13 +178,41 @@ def _input_check_hook(module: nn.Module, args) -> None:
         check_input_shape(module, args[0])
 
 
+def _checked_forward_intermediates(self, x, indices=None, *args, **kwargs):
+    """timm's forward_intermediates of a timm-built network, with our input check first and
+    timm's asserts on ``indices``/``output_fmt`` as a ValueError naming the argument."""
+    check_input_shape(self, x)
+    check_indices_type(indices)
+    try:
+        return type(self).forward_intermediates(self, x, indices, *args, **kwargs)
+    except AssertionError as e:  # timm: "last-n (9) is out of range (1 to 5)", "Output shape must be NCHW."
+        arg = "output_fmt" if "output" in str(e).lower() else "indices"
+        raise ValueError(f"forward_intermediates: {arg}: {e}") from None
+
+
+def _checked_reset_classifier(self, num_classes, *args, **kwargs):
+    check_num_classes(num_classes)
+    return type(self).reset_classifier(self, num_classes, *args, **kwargs)
+
+
+# pickle reduces a bound method to getattr(obj, __name__): the class's own method then
+_checked_forward_intermediates.__name__ = "forward_intermediates"
+_checked_reset_classifier.__name__ = "reset_classifier"
+
+
 def _adopt_foreign(model: nn.Module, in_chans: int) -> None:
-    """A timm-built network: give it our one-line input errors (a forward pre-hook; fx and
-    torch.export are unaffected) and the attributes the rest of edgevision reads."""
+    """A timm-built network: give it our one-line input errors (a forward pre-hook, and the
+    same check before forward_intermediates; fx and torch.export are unaffected) and the
+    attributes the rest of edgevision reads."""
+    import types
+
     model.in_chans = in_chans
     if not hasattr(model, "min_input_size"):
         model.min_input_size = 1
     model.register_forward_pre_hook(_input_check_hook)
+    # bound to the instance (copy.deepcopy rebinds them to the copy)
+    model.forward_intermediates = types.MethodType(_checked_forward_intermediates, model)
+    model.reset_classifier = types.MethodType(_checked_reset_classifier, model)
 
 
 def _timm_features(model: nn.Module, out_indices):

@@ -206,8 +206,17 @@ def fetch_weights(name: str, url: str | None = None, cache: str | os.PathLike | 
     :class:`WeightsHashError` (downloaded file has another SHA-256; nothing cached) or
     :class:`edgevision.io.WriteError` (the cache cannot be written: disk full, permission).
     """
-    from edgevision.io import atomic_write
+    from edgevision.io import as_path, atomic_write
 
+    if url is not None and (not isinstance(url, str) or not url.strip()):
+        raise (ValueError if isinstance(url, str) else TypeError)(
+            f"url must be a non-empty https:// or file:// URL string (or None for the registered weights); "
+            f"got {url!r}")
+    if cache is not None:
+        cache = as_path(cache, "cache")
+    for arg, value in (("progress", progress), ("force", force)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{arg} must be True or False; got {value!r}")
     url = _url_for(name, url)
     expected = _expected_sha256(name, url, sha256)
     path = cached_path(name, url, cache)

@@ -78,7 +78,11 @@ def load_rgb(image):
 
     if isinstance(image, Image.Image):
         return to_rgb(image)
-    path = Path(os.fspath(image))
+    if not isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"image must be a file path or a PIL image; got {type(image).__name__}")
+    from edgevision.io import as_path
+
+    path = as_path(image, "image")
     if path.is_dir():
         raise ImageReadError(f"{path} is a directory, not an image file")
     if not path.exists():

@@ -76,8 +76,12 @@ class NonFiniteOutputError(ValueError):
 def predict(model: nn.Module, image, topk: int = 5, config: dict | None = None) -> list[tuple[int, str, float]]:
     """Top-k predictions for one image: [(class_index, class_name, probability)].
 
-    config defaults to :func:`preprocess_config` of the model (its pretrained config).
+    config defaults to :func:`preprocess_config` of the model (its pretrained config). The
+    image goes to the model's device and dtype (a GPU or half-precision model works as is).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (e.g. edgevision.create_model(name)); "
+                        f"got {type(model).__name__}")
     if isinstance(topk, bool) or not isinstance(topk, int):
         raise TypeError(f"topk must be an int; got {topk!r}")
     if topk < 1:
@@ -89,15 +93,19 @@ def predict(model: nn.Module, image, topk: int = 5, config: dict | None = None) 
         raise ValueError(f"the model has {num_classes} classes but its weights name {len(names)}")
     was_training = model.training
     model.eval()
+    x = preprocess(image, config)
+    p = next(model.parameters(), None)
+    if p is not None and p.is_floating_point():  # a model on the GPU, or in half precision
+        x = x.to(p.device, p.dtype)
     try:
-        logits = model(preprocess(image, config))
+        logits = model(x)
     finally:
         model.train(was_training)
     if not torch.isfinite(logits).all():
         raise NonFiniteOutputError(
             f"{getattr(model, 'model_name', 'the model')} produced non-finite outputs (NaN/inf): "
             "are its weights corrupt?")
-    probs = logits.softmax(-1)[0]
+    probs = logits.float().softmax(-1)[0]
     values, indices = probs.topk(min(topk, probs.numel()))
     return [(int(i), names[int(i)], float(p)) for p, i in zip(values, indices)]
 

@@ -18,7 +18,9 @@ Failures are raised as :class:`WriteError` (an :class:`OSError` keeping the orig
 
 API: :func:`atomic_write` (``write_fn(tmp_path)`` writes the file), :func:`atomic_write_text`,
 :func:`atomic_write_bytes`, :func:`atomic_torch_save`, :func:`save_figure`,
-:func:`translate_os_error`, :class:`WriteError`.
+:func:`translate_os_error`, :class:`WriteError`, and :func:`as_path`, the one check of a path
+argument (read or written): a ``TypeError`` naming the argument for a non-path, a
+``ValueError`` for an empty string (``Path("")`` is the current folder).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 
 __all__ = [
     "WriteError",
+    "as_path",
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_bytes",
@@ -85,6 +88,18 @@ class WriteError(OSError):
 
     def __reduce__(self):
         return (type(self), (self.errno, self.message, self.filename))
+
+
+def as_path(value, arg: str = "path") -> Path:
+    """``value`` as a :class:`Path`; TypeError (naming ``arg``) unless it is a str or
+    os.PathLike, ValueError when it is empty (``Path("")`` would silently mean ``.``)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{arg} must be a path (str or os.PathLike); got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{arg} is an empty string; give a file path")
+    return Path(value)
 
 
 def translate_os_error(exc: BaseException, path: str | os.PathLike) -> WriteError:
@@ -216,7 +231,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], object], *, 
     ``fsync=False`` skips the flush to disk (for many small files whose completeness another
     file records); the write is still all-or-nothing for readers.
     """
-    path = Path(path)
+    path = as_path(path)
     _prepare(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",

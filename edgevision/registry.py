@@ -226,6 +226,8 @@ class UnknownModelError(KeyError):
 
 def model_info(name: str) -> ModelInfo:
     """Metadata of a registered model; unknown names raise with close matches."""
+    if not isinstance(name, str):
+        raise TypeError(f"the model name must be a str such as 'emo_1m'; got {type(name).__name__} {name!r}")
     _ensure_models_imported()
     try:
         return _REGISTRY[name]

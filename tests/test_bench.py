@@ -63,11 +63,11 @@ def test_bench_cli_unknown_model_subprocess(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["mobilenetv3_small_075", "--runtime", "eager,tensorrt"], "unknown runtime 'tensorrt'"),
-    (["mobilenetv3_small_075", "--batch", "one"], "--batch takes comma-separated integers"),
+    (["mobilenetv3_small_075", "--batch", "one"], "argument --batch: 'one' is not an integer"),
     (["--runtime", "eager"], "no models given"),
     (["mobilenetv3_small_075", "--runtime", ","], "no runtimes given"),
     (["mobilenetv3_small_075", "--threads", "-1"], "--threads: -1 is out of range: must be an integer >= 1"),
-    (["mobilenetv3_small_075", "--batch", "0"], "batch sizes must be >= 1"),
+    (["mobilenetv3_small_075", "--batch", "0"], "argument --batch: 0 is out of range: must be an integer in [1, 1024]"),
     (["mobilenetv3_small_075", "--iters", "0"], "--iters: 0 is out of range"),
     (["mobilenetv3_small_075", "--rounds", "0"], "--rounds: 0 is out of range"),
     (["mobilenetv3_small_075", "--runtime", "compile", "--compile-mode", "fastest"], "unknown compile mode 'fastest'"),

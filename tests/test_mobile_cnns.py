@@ -75,7 +75,10 @@ def _max_diff(ours, ref, size=96) -> float:
     assert a.shape == b.shape == (2, 1000)
     assert 0.05 < b.abs().max() < 1e4  # logits of a scale where 1e-5 means something
     assert (b[0] - b[1]).abs().max() > 1e-3  # and they depend on the input
-    return (a - b).abs().max().item()
+    # Relative to the logit scale: converters that fold a BN eps difference write
+    # running_var + 9.9e-4 in float32, a rounding of ~3e-7 of the logits (seen up to 1.1e-5
+    # absolute with large random logits, depending on the RNG state other tests leave).
+    return (a - b).abs().max().item() / max(1.0, b.abs().max().item() / 10)
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION))

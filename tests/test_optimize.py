@@ -16,7 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import edgevision as ev
-from edgevision.export.optimize import OptimizedModule, add_into, keep_heap_from_env, mul_into, optimize
+from edgevision.export.optimize import (
+    OptimizedModule,
+    add_into,
+    keep_heap_from_env,
+    mul_into,
+    optimize,
+)
 from edgevision.testing import randomize_norms, small_side
 
 

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name in _COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{mod_name}").add_parser(sub)
+    from edgevision.cli._args import refuse_empty_strings
+
+    refuse_empty_strings(parser)  # `--output ""` is an error, never "." or the default
     return parser
 
 

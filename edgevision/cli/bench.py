@@ -5,18 +5,13 @@ from __future__ import annotations
 import shlex
 import sys
 
-from edgevision.cli._args import int_range, non_negative_int, positive_int
+from edgevision.cli._args import int_list, int_range, non_negative_int, positive_int
+
+MAX_BATCH = 1024  # as `export --batch`: a larger one only stalls the machine
 
 
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv_list(text)]
-    except ValueError:
-        raise ValueError(f"--batch takes comma-separated integers, e.g. 1,32; got {text!r}") from None
 
 
 def add_parser(sub) -> None:
@@ -29,7 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--all", action="store_true", help="every registered model")
     p.add_argument("--runtime", default="eager,onnxruntime",
                    help=f"comma-separated, from: {', '.join(RUNTIMES)} (default eager,onnxruntime)")
-    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
+    p.add_argument("--batch", type=int_list(1, MAX_BATCH), default="1",
+                   help=f"comma-separated batch sizes, each 1..{MAX_BATCH} (default 1)")
     p.add_argument("--size", type=int_range(8, 4096), default=224, help="input side in pixels (default 224)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
     p.add_argument("--warmup", type=non_negative_int, default=10, help="warm-up runs (default 10)")
@@ -93,7 +89,7 @@ def run(args) -> int:
     checkpoints = {models[0]: args.checkpoint} if args.checkpoint else None
     try:
         report = run_bench(
-            models, _csv_list(args.runtime), _int_list(args.batch), size=args.size,
+            models, _csv_list(args.runtime), args.batch, size=args.size,
             threads=args.threads, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
             output_dir=args.output,
             calibration=args.calibration, compile_mode=args.compile_mode,

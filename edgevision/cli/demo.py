@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 DEFAULT_BENCH_MODELS = ["mobilenetv3_large_100", "emo_1m", "edgevit_xxs", "efficientformer_l1"]
+STEPS = ("list", "info", "predict", "bench", "export", "train", "eval")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run the built-in tour (offline, about 2 minutes on 2 cores)")
     p.add_argument("--output", default="demo-output", help="folder for the demo's files")
-    p.add_argument("--skip", default="", help="comma-separated steps to skip: "
-                   "list,info,predict,bench,export,train,eval")
+    p.add_argument("--skip", default="", help="comma-separated steps to skip: " + ",".join(STEPS))
     p.set_defaults(func=run)
 
 
@@ -62,9 +62,14 @@ def _steps(out: Path) -> list[tuple[str, list[str]]]:
 def run(args) -> int:
     from edgevision.cli import main as cli_main
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = sorted(skip - set(STEPS))
+    if unknown:
+        raise ValueError(f"--skip: unknown step {', '.join(map(repr, unknown))}; choose from {','.join(STEPS)}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder; choose another --output")
+    out.mkdir(parents=True, exist_ok=True)
     failed = []
     for step, argv in _steps(out):
         if step in skip:

@@ -158,6 +158,12 @@ def _output_path(args) -> Path:
     path = Path(args.output or default)
     if path.is_dir() and not (args.format == "coreml" and path.suffix == ".mlpackage"):
         path = path / default
+    if path.is_file():  # replacing an earlier export is fine; replacing other files is refused
+        if args.checkpoint and path.resolve() == Path(args.checkpoint).resolve():
+            raise ValueError(f"--output {path} is the --checkpoint being exported; choose another --output")
+        if path.suffix.lower() != FORMATS[args.format]:
+            raise FileExistsError(f"--output {path} exists and is not a {FORMATS[args.format]} file; refusing to "
+                                  f"overwrite it with the {args.format} export (remove it or choose another path)")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

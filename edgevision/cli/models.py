@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from edgevision.cli._args import int_range
+from edgevision.cli._args import int_range, size_hw
 from edgevision.cli._console import console
 from edgevision.factory import create_model
 from edgevision.jsonout import to_json
 from edgevision.profiling.counting import count_macs, count_params, module_summary
 from edgevision.registry import list_models, model_info
+
+MAX_SIDE = 8192  # largest side `info` accepts (as `export --size`)
 
 
 def add_parser(sub) -> None:
@@ -24,22 +26,20 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("info", help="per-stage table (output shape, params, MACs) and metadata")
     p.add_argument("name", help="model name, e.g. mobilenetv3_large_100")
-    p.add_argument("--size", type=str, default="224", help="input side, or HxW (default 224)")
+    p.add_argument("--size", type=size_hw(1, MAX_SIDE), default="224",
+                   help=f"input side, or HxW, each up to {MAX_SIDE} (default 224)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_info)
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'224' -> (224, 224); '256x192' -> (256, 192)."""
+    """'224' -> (224, 224); '256x192' -> (256, 192); ValueError outside 1..MAX_SIDE."""
+    import argparse
+
     try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        raise ValueError(f"size must be N or HxW, e.g. 224 or 256x192; got {text!r}") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise ValueError(f"size must be N or HxW with positive sides; got {text!r}")
-    return parts[0], parts[1]
+        return size_hw(1, MAX_SIDE)(text)
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(str(e)) from None
 
 
 def _meta_model(name: str):
@@ -110,7 +110,7 @@ def run_info(args) -> int:
     from edgevision.models.base import check_input_shape
 
     info = model_info(args.name)
-    h, w = parse_size(args.size)
+    h, w = args.size
     model = _meta_model(args.name)
     check_input_shape(model, torch.empty(1, model.in_chans, h, w, device="meta"))
     stages = module_summary(model, (1, model.in_chans, h, w))

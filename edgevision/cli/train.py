@@ -5,17 +5,13 @@ Every option defaults to None here, so only what the user types overrides the re
 
 from __future__ import annotations
 
-import argparse
-
-from edgevision.cli._args import float_range, int_range, non_negative_int, positive_int
-
-
-def _scale(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI such as 0.08,1.0; got {text!r}") from None
-    return lo, hi
+from edgevision.cli._args import (
+    float_pair,
+    float_range,
+    int_range,
+    non_negative_int,
+    positive_int,
+)
 
 
 def add_parser(sub) -> None:
@@ -54,7 +50,8 @@ def add_parser(sub) -> None:
     g.add_argument("--auto-augment", help="rand-m9-mstd0.5 (RandAugment), trivialaugment, ...")
     g.add_argument("--mixup", type=float_range(0.0, 10.0), help="Mixup alpha (0 = off)")
     g.add_argument("--cutmix", type=float_range(0.0, 10.0), help="CutMix alpha (0 = off)")
-    g.add_argument("--crop-scale", type=_scale, help="RandomResizedCrop scale LO,HI")
+    g.add_argument("--crop-scale", type=float_pair(0.0, 1.0),
+                   help="RandomResizedCrop scale LO,HI with 0 < LO <= HI <= 1")
     g.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), help="held-out share when there is no val/ folder")
     g.add_argument("--scan", choices=["auto", "full", "header"],
                    help="check images at start: full decode, headers only, auto (full up to 50k files)")
@@ -122,6 +119,11 @@ def run_sample_data(args) -> int:
         sample_source,
     )
 
+    if not args.npz:
+        given = [opt for opt, v in (("--classes", args.classes), ("--val-fraction", args.val_fraction)) if v]
+        if given:
+            raise ValueError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --npz only (the Fashion-MNIST sample has its "
+                             "own classes and test split)")
     if args.npz:
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
         root = export_npz(args.npz, args.output, classes, args.val_fraction)

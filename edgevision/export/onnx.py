@@ -44,6 +44,7 @@ failed ``verify``) leaves an existing file untouched and no partial file behind.
 from __future__ import annotations
 
 import math
+import numbers
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -96,6 +97,32 @@ def _ints(model: nn.Module) -> tuple[int, int, tuple[int, ...]]:
     low = -(-low // mult) * mult
     breakpoints = tuple(int(b) for b in (getattr(model, "size_breakpoints", ()) or ()))
     return low, mult, breakpoints
+
+
+def check_export_args(model, path, input_size, **flags) -> tuple[Path, tuple[int, int, int, int]]:
+    """The export functions' argument checks, before any tracing: a TypeError/ValueError naming
+    the argument (``model`` not a module, ``input_size`` not four positive ints, an empty
+    ``path``, a flag that is not a bool). Returns (path, input_size)."""
+    from edgevision.io import as_path
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (e.g. edgevision.create_model(name)); "
+                        f"got {type(model).__name__}")
+    path = as_path(path, "path")
+    try:
+        size = tuple(input_size)
+    except TypeError:
+        size = None
+    if size is None or len(size) != 4 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                                 for v in size):
+        raise TypeError(f"input_size must be four ints (batch, channels, height, width); got {input_size!r}")
+    size = tuple(int(v) for v in size)
+    if min(size) < 1:
+        raise ValueError(f"input_size must be positive; got {size}")
+    for arg, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{arg} must be True or False; got {value!r}")
+    return path, size
 
 
 def check_opset(opset: int, exporter: str = "dynamo") -> None:
@@ -283,9 +310,10 @@ def export_onnx(
     A bad opset raises ValueError; an exporter failure, or a file at another opset than asked,
     raises ExportError with a one-line message; I/O failures raise ``edgevision.io.WriteError``.
     """
+    path, input_size = check_export_args(model, path, input_size, dynamic_batch=dynamic_batch,
+                                         dynamic_size=dynamic_size, fallback=fallback)
     require("onnx", "onnx", "ONNX export")
     check_opset(opset, exporter)
-    path = Path(path)
     name = type(model).__name__
     model = model.eval()
     x = torch.randn(*input_size)

@@ -64,7 +64,9 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size=(1, 3, 224
     ``verify(tmp_path)``, when given, runs on the written temporary file before it replaces
     ``path``; an exception from it leaves ``path`` as it was.
     """
-    path = Path(path)
+    from edgevision.export.onnx import check_export_args
+
+    path, input_size = check_export_args(model, path, input_size)
     # optimize_for_inference may insert MKLDNN ops that tie the file to this build; keep it portable.
     scripted = trace_and_freeze(model, torch.randn(*input_size), optimize=False)
     buffer = io.BytesIO()

@@ -40,8 +40,21 @@ def linear_head(num_features: int, num_classes: int) -> nn.Module:
     return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
+def check_indices_type(indices, arg: str = "indices") -> None:
+    """TypeError naming ``arg`` unless indices is None, an int or a sequence of ints."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if indices is None or is_int(indices):
+        return
+    if isinstance(indices, (list, tuple)) and all(is_int(i) for i in indices):
+        return
+    raise TypeError(f"{arg} must be None, an int (the last n levels) or a list of ints; got {indices!r}")
+
+
 def take_indices(num_levels: int, indices, arg: str = "indices") -> tuple[list[int], int]:
     """timm's rule: None = all levels, int n = the last n, sequence = those (negatives from the end)."""
+    check_indices_type(indices, arg)
     if indices is None:
         indices = num_levels
     if isinstance(indices, int):
@@ -76,6 +89,10 @@ def check_input_shape(model: nn.Module, x: torch.Tensor) -> None:
         if in_chans is not None:
             torch._assert(x.shape[1] == in_chans, f"{name} expects {in_chans} input channels")
         return
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor batch (N, C, H, W); got {type(x).__name__}")
+    if not _compiling():
+        _check_dtype_device(model, x, name)
     if x.dim() != 4:
         raise InputShapeError(f"{name} expects a 4-D batch (N, C, H, W); got shape {tuple(x.shape)}")
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
@@ -90,6 +107,40 @@ def check_input_shape(model: nn.Module, x: torch.Tensor) -> None:
     m = getattr(model, "input_multiple", 1)
     if m > 1 and (h % m or w % m):
         raise InputShapeError(f"{name} needs height and width that are multiples of {m}; got {h}x{w}")
+
+
+def _compiling() -> bool:
+    """Under torch.compile / torch.export (dtypes and devices are the tracer's business there)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
+
+
+def _check_dtype_device(model: nn.Module, x: torch.Tensor, name: str) -> None:
+    """A TypeError/ValueError naming both sides instead of a convolution's RuntimeError deep inside:
+    an integer or bool image, a float64 batch for a float32 model, a CPU batch for a GPU model."""
+    if not x.is_floating_point():
+        raise TypeError(f"{name} expects a floating-point batch; got dtype {x.dtype} (convert with "
+                        f"x.float(), scaled to [0, 1] and normalised as the model's pretrained_cfg says)")
+    p = next(model.parameters(), None)
+    if p is None:
+        return
+    if x.device != p.device:
+        raise ValueError(f"{name} is on {p.device} but the input is on {x.device}; move one with .to()")
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except (TypeError, RuntimeError):  # older torch: no device argument; an unknown device type
+        autocast = torch.is_autocast_enabled()
+    if x.dtype != p.dtype and p.is_floating_point() and not autocast:
+        raise TypeError(f"{name} has {p.dtype} weights but the input is {x.dtype}; convert with "
+                        f"x.to({p.dtype}) (or the model with model.to({x.dtype}))")
+
+
+def check_num_classes(num_classes) -> None:
+    """TypeError/ValueError (naming num_classes) unless it is an int >= 0."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int; got {type(num_classes).__name__} {num_classes!r}")
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
 
 
 class EdgeModel(nn.Module):
@@ -182,6 +233,7 @@ class EdgeModel(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh classifier for ``num_classes`` (0: none); global_pool 'avg' or '' (no pooling,
         only with num_classes=0: forward then returns the final feature map)."""
+        check_num_classes(num_classes)
         if global_pool is not None:
             self.set_global_pool(global_pool, num_classes)
         elif num_classes > 0 and self.global_pool == "":

@@ -232,6 +232,9 @@ def prepare_sample_dataset(out_dir: str | Path, train_per_class: int | None = 20
     return out
 
 
+MAX_CLASSES = 100_000  # one folder per class: a stray huge label must not create millions
+
+
 def export_npz(npz: str | Path, out_dir: str | Path, class_names: list[str] | None = None,
                val_fraction: float = 0.0, seed: int = 0, overwrite: bool = False) -> Path:
     """Turn arrays in a ``.npz`` into an ImageFolder tree: the same tool the demo data goes through.
@@ -244,10 +247,14 @@ def export_npz(npz: str | Path, out_dir: str | Path, class_names: list[str] | No
     if not npz.is_file():
         raise FileNotFoundError(f"arrays file not found: {npz}")
     _check_output_folder(Path(out_dir))
+    with open(npz, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith(b"PK"):  # np.load would try it as a pickle and advise allow_pickle
+        raise ValueError(f"{npz}: cannot read as .npz (not the zip archive numpy.savez writes)")
     try:
         z = dict(np.load(npz, allow_pickle=False))
-    except Exception as e:  # not a zip, truncated, pickled objects...
-        raise ValueError(f"{npz}: cannot read as .npz ({e})") from None
+    except Exception as e:  # truncated, object arrays...
+        raise ValueError(f"{npz}: cannot read as .npz ({str(e).split('. ')[0]})") from None
     if "x_train" in z and "y_train" in z:
         x, y = z["x_train"], z["y_train"]
     elif "x" in z and "y" in z:
@@ -257,7 +264,14 @@ def export_npz(npz: str | Path, out_dir: str | Path, class_names: list[str] | No
     xt, yt = z.get("x_test"), z.get("y_test")
     if class_names is None and "class_names" in z:
         class_names = [str(c) for c in z["class_names"].tolist()]
+    if x.ndim and not len(x):
+        raise ValueError(f"{npz}: the training arrays hold no images")
     labels_all = np.concatenate([np.ravel(y)] + ([np.ravel(yt)] if yt is not None else []))
+    if labels_all.size and not np.issubdtype(labels_all.dtype, np.integer):
+        raise ValueError(f"{npz}: labels must be integer class indices; got {labels_all.dtype}")
+    if labels_all.size and labels_all.max() >= MAX_CLASSES:
+        raise ValueError(f"{npz}: label {int(labels_all.max())} would make {int(labels_all.max()) + 1} class folders; "
+                         f"labels must be class indices below {MAX_CLASSES}")
     n_cls = int(labels_all.max()) + 1 if labels_all.size else 0
     class_names = list(class_names) if class_names else [f"class_{i}" for i in range(n_cls)]
     y = np.ravel(y)

@@ -48,12 +48,22 @@ def pick_device(requested: str | None, info_local_rank: int = 0) -> torch.device
     """'cuda' when available (one GPU per local rank), else CPU; an explicit choice is checked."""
     if requested in (None, "", "auto"):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {requested!r}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps requested but MPS is not available")
+    if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
-        if requested == "cuda":
+        if device.index is None:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", info_local_rank)))
-    return torch.device(requested)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
