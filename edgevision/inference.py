@@ -10,6 +10,7 @@ metadata, offline).
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -36,13 +37,18 @@ def class_names(model: nn.Module) -> list[str]:
     raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)}: its weights carry no class names")
 
 
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet-1k class names (offline, timm's bundled ImageNet metadata)."""
+@functools.lru_cache(maxsize=1)
+def _imagenet_names() -> tuple[str, ...]:
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo("imagenet-1k")
     # timm stores WordNet lemmas ("tabby, tabby cat"); the first is the common short name.
-    return [info.index_to_description(i).split(", ")[0] for i in range(info.num_classes())]
+    return tuple(info.index_to_description(i).split(", ")[0] for i in range(info.num_classes()))
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names (offline, timm's bundled ImageNet metadata)."""
+    return list(_imagenet_names())  # read timm's metadata file once per process
 
 
 def load_image(image):

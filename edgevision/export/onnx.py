@@ -401,16 +401,21 @@ def _run_checked(session, path, x: torch.Tensor) -> torch.Tensor:
                           f"{type(e).__name__}: {_first_line(e)}") from e
 
 
-def check_onnx(model: nn.Module, path: str | Path, x: torch.Tensor, threads: int | None = None) -> float:
-    """max|Δ| between ONNX Runtime on ``path`` and eager ``model`` on the same input."""
-    with torch.inference_mode():
-        ref = model.eval()(x)
+def _load_session(path, threads):
+    """An ONNX Runtime session on ``path``; a file it cannot load is an ExportError (one line)."""
     try:
-        session = ort_session(path, threads)
+        return ort_session(path, threads)
     except MissingPackageError:
         raise
     except Exception as e:
         raise ExportError(f"ONNX Runtime could not load {path}: {type(e).__name__}: {_first_line(e)}") from e
+
+
+def check_onnx(model: nn.Module, path: str | Path, x: torch.Tensor, threads: int | None = None) -> float:
+    """max|Δ| between ONNX Runtime on ``path`` and eager ``model`` on the same input."""
+    with torch.inference_mode():
+        ref = model.eval()(x)
+    session = _load_session(path, threads)
     out = _run_checked(session, path, x)
     if out.shape != ref.shape:
         raise ValueError(f"ONNX output shape {tuple(out.shape)} differs from eager {tuple(ref.shape)}")
@@ -461,12 +466,7 @@ def verify_onnx(model: nn.Module, path: str | Path, shapes, tolerance: float = 1
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or math.isnan(tolerance) \
             or tolerance < 0:
         raise ValueError(f"tolerance must be a number >= 0; got {tolerance!r}")
-    try:
-        session = ort_session(path, threads)
-    except MissingPackageError:
-        raise
-    except Exception as e:
-        raise ExportError(f"ONNX Runtime could not load {path}: {type(e).__name__}: {_first_line(e)}") from e
+    session = _load_session(path, threads)
     gen = torch.Generator().manual_seed(seed)
     model = model.eval()
     results = {}

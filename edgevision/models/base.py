@@ -266,6 +266,20 @@ class EdgeModel(nn.Module):
         return dict(stem=r"^stem", blocks=blocks)
 
 
+def stage_block_groups(stem: str, coarse: bool = False) -> dict:
+    """timm's parameter groups (as its ConvNeXt) for ``stages.N.{downsample, blocks.M}``
+    layouts: the stem, each stage's downsample opening its stage, one group per block, and the
+    final ``norm`` with the last blocks."""
+    return dict(
+        stem=stem,
+        blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.downsample", (0,)),
+            (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            (r"^norm\.", (99999,)),
+        ],
+    )
+
+
 class FeatureInfo:
     """timm-style accessor over the feature_info dicts of the selected outputs."""
 

@@ -50,7 +50,7 @@ from edgevision.layers.shapes import (
     subsample,
     tokens_to_map,
 )
-from edgevision.models.base import EdgeModel, linear_head
+from edgevision.models.base import EdgeModel, linear_head, stage_block_groups
 from edgevision.registry import register_model
 
 # Size-dependent helpers: torch.fx.symbolic_trace records them as calls (see layers/shapes.py).
@@ -247,14 +247,7 @@ class EdgeViT(EdgeModel):
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's format, as for ConvNeXt: the first patch embedding is the stem; each later
         one opens its stage; the head's BatchNorm goes with the last blocks."""
-        return dict(
-            stem=r"^stages\.0\.downsample",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm\.", (99999,)),
-            ],
-        )
+        return stage_block_groups(r"^stages\.0\.downsample", coarse)
 
 
 # ----------------------------------------------------------------------------- converter

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
 from edgevision.layers.shapes import contiguous_copy, map_to_tokens, tokens_to_map
-from edgevision.models.base import EdgeModel, linear_head
+from edgevision.models.base import EdgeModel, linear_head, stage_block_groups
 from edgevision.registry import register_model
 
 # Size-dependent helpers: torch.fx.symbolic_trace records them as calls (see layers/shapes.py).
@@ -351,14 +351,7 @@ class EfficientFormer(EdgeModel):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's format (stem, then per stage; as timm's ConvNeXt for the fine grouping)."""
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm\.", (99999,)),
-            ],
-        )
+        return stage_block_groups(r"^stem", coarse)
 
 
 # ----------------------------------------------------------------------------- converters
