@@ -20,8 +20,8 @@ from edgevision.registry import model_info, pretrained_cfg
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
-    in_chans: int = 3,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
     features_only: bool = False,
     drop_path_rate: float = 0.0,
     checkpoint: str | None = None,
@@ -48,6 +48,12 @@ def create_model(
     global_pool: 'avg' (default) or '' (no pooling; needs num_classes=0).
     """
     info = model_info(name)
+    if in_chans is None:  # the registered input's channels: 3 for images, 9 for UCI HAR windows, ...
+        in_chans = info.input_size[0]
+    if num_classes is None:  # the registered default: 1000 (ImageNet), 91 for COCO detectors, ...
+        num_classes = info.cfg.get("num_classes", 1000)
+    if features_only and info.task != "classification":
+        raise ValueError(f"features_only=True is for backbones; {name!r} is a {info.task} model")
     _check_args(name, num_classes, in_chans, drop_path_rate, checkpoint, pretrained, features_only)
     if "drop_rate" in kwargs:  # timm's classifier dropout: refused at build, not at the first step
         _check_rate("drop_rate", kwargs["drop_rate"])
@@ -61,7 +67,7 @@ def create_model(
     if isinstance(model, EdgeModel):
         if global_pool is not None:
             model.set_global_pool(global_pool, num_classes)
-    else:
+    elif info.task == "classification":  # task models (detection, ...) check their own inputs
         _adopt_foreign(model, in_chans)
         if global_pool is not None:  # timm's own networks take it through their classifier reset
             model.reset_classifier(num_classes, global_pool)

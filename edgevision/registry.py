@@ -41,11 +41,14 @@ class ModelInfo:
     # name -> converter, e.g. {"timm": f, "torchvision": g, "official": h}; tried by key match.
     converters: dict[str, Converter] = field(default_factory=dict)
     notes: str = ""
+    # What the model predicts: classification | detection | segmentation | sequence.
+    task: str = "classification"
 
     def as_dict(self) -> dict:
         return {
             "name": self.name,
             "family": self.family,
+            "task": self.task,
             "paper": self.paper,
             "published_params": self.published_params,
             "published_macs": self.published_macs,
@@ -62,6 +65,7 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+TASKS = ("classification", "detection", "segmentation", "sequence", "attributes")
 
 
 def register_model(
@@ -79,12 +83,15 @@ def register_model(
     notes: str = "",
     name: str | None = None,
     cfg: dict | None = None,
+    task: str = "classification",
 ):
     """Decorator registering ``fn(**kwargs) -> nn.Module`` under ``name`` (default: fn.__name__).
 
     The builder receives the keyword arguments of :func:`edgevision.create_model` that
     concern the architecture: num_classes, in_chans, drop_rate, drop_path_rate and
-    any family-specific options. ``cfg`` overrides fields of the model's timm pretrained
+    any family-specific options. ``task`` says what the model predicts (see
+    :data:`TASKS`); ``edgevision list --task`` and :func:`list_models` filter on it.
+    ``cfg`` overrides fields of the model's timm pretrained
     config (preprocessing of the registered weights, licence, source; see
     :func:`pretrained_cfg`).
     """
@@ -93,6 +100,8 @@ def register_model(
         model_name = name or fn.__name__
         if model_name in _REGISTRY:
             raise ValueError(f"model {model_name!r} is registered twice")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r} for {model_name!r}; choose from {', '.join(TASKS)}")
         _REGISTRY[model_name] = ModelInfo(
             name=model_name,
             family=family,
@@ -108,6 +117,7 @@ def register_model(
             converters=dict(converters or {}),
             notes=notes,
             cfg=dict(cfg or {}),
+            task=task,
         )
         _register_into_timm(model_name, fn)
         return fn
@@ -206,12 +216,20 @@ def pretrained_cfg(name: str) -> dict:
 
 def _ensure_models_imported() -> None:
     import edgevision.models  # noqa: F401  (registers every family)
+    import edgevision.tasks  # noqa: F401  (registers the task models: detection, segmentation, ...)
 
 
-def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Registered model names matching a shell-style pattern (and family), sorted."""
+def list_models(pattern: str = "*", family: str | None = None, task: str | None = "classification") -> list[str]:
+    """Registered model names matching a shell-style pattern (and family and task), sorted.
+
+    ``task`` defaults to image classifiers (the models the zoo-wide tools and tests iterate
+    over); pass "detection", "segmentation", "sequence", or None for every task.
+    """
     _ensure_models_imported()
-    names = [n for n, info in _REGISTRY.items() if fnmatch.fnmatch(n, pattern)]
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    names = [n for n, info in _REGISTRY.items() if fnmatch.fnmatch(n, pattern)
+             and (task is None or info.task == task)]
     if family is not None:
         names = [n for n in names if _REGISTRY[n].family == family]
     return sorted(names)

@@ -94,5 +94,7 @@ def test_pt2e_int8_runtime_keeps_top1_on_pretrained_weights():
 
 def test_every_runtime_is_covered():
     covered = {"eager", *FP32, "onnxruntime-int8", "compile", "pt2e-int8",
-               "optimized"}  # optimized: tests/test_optimize.py (its allocator setting is process-wide)
+               "optimized",  # optimized: tests/test_optimize.py (its allocator setting is process-wide)
+               "openvino",  # tests/test_runtimes_tuned.py
+               "sparse"}  # tests/test_sparse_kernels.py (the runtime equals the masked dense model)
     assert covered == set(RUNTIMES)

@@ -462,12 +462,10 @@ ALLOWED = {
     ("profiling/timing.py", 'open("/proc/self/clear_refs", "w")'),
     # TensorBoard event files are append-only logs streamed during training (TensorBoard reads
     # a cut-short last record); they cannot be written by replacing the file.
-    ("training/engine.py", 'SummaryWriter(str(run.out / "tensorboard"))'),
-    # ORT's pre-processing output goes to a TemporaryDirectory, removed with it.
-    ("export/quantize.py", "quant_pre_process(str(fp32_path), str(pre)"),
-    # Not a file API: the training run's own save(), which writes through save_checkpoint
-    # (atomic_torch_save); the scanner cannot tell it from Image.save by name.
-    ("training/engine.py", "run.save("),
+    ("training/logs.py", 'SummaryWriter(str(run.out / "tensorboard"))'),
+    # ORT's pre-processing output goes to the callers' temporary/work directories
+    # (quantize_onnx_static's TemporaryDirectory, int8.py's workdir), never a user's file.
+    ("export/quantize.py", "quant_pre_process(str(fp32_path), str(out)"),
 }
 
 

@@ -17,7 +17,8 @@ def _csv_list(text: str) -> list[str]:
 def add_parser(sub) -> None:
     from edgevision.profiling.runtimes import RUNTIMES
 
-    p = sub.add_parser("bench", help="time models on runtimes (eager, compile, onnxruntime, int8, ...)",
+    p = sub.add_parser("bench", help="time models on runtimes (eager, optimized, compile, onnxruntime, "
+                       "openvino, int8, ...)",
                        description="Measure latency (median/p10/p90), throughput and peak memory of "
                        "models on each runtime; saves CSV, JSON, Markdown and a PNG plot.")
     p.add_argument("models", nargs="*", help="model names (see `edgevision list`)")

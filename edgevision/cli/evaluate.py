@@ -1,4 +1,5 @@
-"""`edgevision eval MODEL --data DIR --checkpoint F`: top-1/top-5, per-class accuracy, confusion PNG."""
+"""`edgevision eval MODEL --data DIR --checkpoint F`: the task's metrics and per-class results
+(top-1/top-5 and a confusion PNG; COCO mAP and per-class AP; mIoU and per-class IoU), saved as JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="weights, e.g. runs/train/MODEL/model.safetensors")
     p.add_argument("--output", help="folder for eval.json and confusion_matrix.png (default: beside the weights)")
     p.add_argument("--img-size", type=int_range(8, 4096), help="default: the size stored with the weights")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default 64 (classification), 8 (dense)")
     p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the full JSON result")
@@ -21,17 +22,20 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from edgevision.registry import model_info
     from edgevision.training import evaluate
 
+    task = model_info(args.model).task
+    batch = args.batch_size or (64 if task == "classification" else 8)
     res = evaluate(args.model, args.data, args.checkpoint, args.output, args.img_size,
-                   args.batch_size, args.workers, args.device)
+                   batch, args.workers, args.device)
     if args.json:
         print(to_json(res, indent=1))
         return 0
-    print(f"{args.model} on {res['data']}: {res['num_images']} images, top-1 {res['top1']:.2f}%, "
-          f"top-5 {res['top5']:.2f}%")
-    width = max(len(c) for c in res["classes"])
-    for c, acc in res["per_class_acc"].items():
-        print(f"  {c:<{width}}  {acc:6.2f}%")
-    print(f"confusion matrix: {res['confusion_png']}; JSON: {res['json']}")
+    print(res["summary"])
+    width = max(len(c) for c in res["per_class"])
+    for c, v in res["per_class"].items():
+        print(f"  {c:<{width}}  {v}")
+    plot = res.get("confusion_png") or res.get("per_class_png")
+    print(f"{'confusion matrix' if 'confusion_png' in res else 'per-class plot'}: {plot}; JSON: {res['json']}")
     return 0

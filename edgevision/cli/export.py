@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--format", default="onnx", choices=sorted(FORMATS), help="file format (default onnx)")
     p.add_argument("--output", default=None, help="output file (default NAME.onnx / NAME.pt)")
     p.add_argument("--size", type=int_range(1, MAX_SIDE), default=None,
-                   help="input side in pixels (default: the model's, 224)")
+                   help="input side in pixels (default: the model's, 224; a detection/segmentation "
+                        "model's own input size, e.g. 320 for SSDLite, 800x1344 for RetinaNet)")
     p.add_argument("--batch", type=int_range(1, MAX_BATCH), default=1, help="example batch size (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: variable batch dimension")
     p.add_argument("--dynamic-size", action="store_true", help="ONNX: variable height and width")
@@ -43,13 +44,19 @@ def add_parser(sub) -> None:
     p.add_argument("--no-fallback", action="store_true",
                    help="ONNX: fail instead of falling back to the legacy exporter when dynamo fails")
     p.add_argument("--checkpoint", default=None, help="weights to load first (any supported format)")
-    p.add_argument("--num-classes", type=non_negative_int, default=1000,
-                   help="classifier size (default 1000; 0: features)")
+    p.add_argument("--num-classes", type=non_negative_int, default=None,
+                   help="classifier size (default: the model's, 1000 for classifiers, 91 for COCO "
+                        "detectors; 0: features)")
     p.add_argument("--check", action="store_true",
                    help="run the exported file (ONNX Runtime / torch.jit.load / ExecuTorch) and compare with "
                         "eager before it is written; dynamic ONNX exports at several sizes")
     p.add_argument("--tolerance", type=float_range(0.0), default=1e-4,
                    help="max |Δ| allowed by --check (default 1e-4)")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX: also write NAME.int8.onnx (static int8, per-channel) and say whether int8 is "
+                        "faster than fp32 on this machine (measured side by side; fp32 is advised when not)")
+    p.add_argument("--calibration", default=None,
+                   help="--int8: folder of calibration images (default: the bundled sample photos)")
     p.set_defaults(func=run)
 
 
@@ -65,6 +72,8 @@ def _validate(args, info) -> int:
                          "--format onnx only")
     if args.format == "onnx":
         check_opset(DEFAULT_OPSET if args.opset is None else args.opset, args.exporter)
+    if getattr(args, "int8", False) and (args.format != "onnx" or args.dynamic_size):
+        raise ValueError("--int8 applies to --format onnx at a fixed size (no --dynamic-size)")
     if args.check and args.format == "coreml":
         raise ValueError("--check is not available for coreml (Core ML runs models on macOS only)")
     return info.input_size[-1] if args.size is None else args.size
@@ -141,6 +150,28 @@ def _check(args, model, input_size, results: dict):
     return verify
 
 
+def _export_sequence(args, model, path: Path) -> int:
+    """A sensor-window model: ONNX only, one window (batch, channels, steps); --size sets the steps."""
+    from edgevision.export.onnx import ExportError
+    from edgevision.tasks.sequence.export import export_sequence_onnx
+
+    if args.format != "onnx" or args.dynamic_size or getattr(args, "int8", False):
+        raise ValueError(f"{args.name} is a sensor-sequence model: export it with --format onnx "
+                         "(no --dynamic-size, no --int8)")
+    steps = model.pretrained_cfg["input_size"][-1] if args.size is None else args.size
+    size = (args.batch, model.in_chans, steps)
+    try:
+        diff = export_sequence_onnx(model, path, size, dynamic_batch=args.dynamic_batch,
+                                    tolerance=args.tolerance if args.check else None)
+    except ExportError as e:
+        print(f"edgevision export: error: {e}", file=sys.stderr)
+        return 1
+    if args.check:
+        print(f"check: max|Δ| vs eager = {diff:.2e} (tolerance {args.tolerance:.0e}) -> ok")
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, onnx, input {size})")
+    return 0
+
+
 def _report(args, results: dict) -> None:
     if not results:
         return
@@ -186,7 +217,12 @@ def run(args) -> int:
     size = _validate(args, info)
     path = _output_path(args)
     model = create_model(args.name, num_classes=args.num_classes, checkpoint=args.checkpoint).eval()
-    input_size = (args.batch, getattr(model, "in_chans", 3), size, size)
+    if info.task == "sequence":
+        return _export_sequence(args, model, path)
+    # dense models export export_forward (raw head outputs) at their own size unless --size is given
+    hw = tuple(model.export_input_size) if args.size is None and hasattr(model, "export_input_size") \
+        else (size, size)
+    input_size = (args.batch, getattr(model, "in_chans", 3), *hw)
     results: dict = {}
     verify = _check(args, model, input_size, results) if args.check else None
     try:
@@ -205,4 +241,8 @@ def run(args) -> int:
         return 1
     size_mb = sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*"))) / 2**20
     print(f"wrote {path} ({size_mb:.1f} MB, {args.format}, input {input_size})")
+    if getattr(args, "int8", False):  # edgevision.export.choice: int8 only where it is measured faster
+        from edgevision.export.choice import export_int8
+
+        print(export_int8(model, path, input_size, args.calibration))
     return 0

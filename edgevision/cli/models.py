@@ -9,7 +9,7 @@ from edgevision.cli._console import console
 from edgevision.factory import create_model
 from edgevision.jsonout import to_json
 from edgevision.profiling.counting import count_macs, count_params, module_summary
-from edgevision.registry import list_models, model_info
+from edgevision.registry import TASKS, list_models, model_info
 
 MAX_SIDE = 8192  # largest side `info` accepts (as `export --size`)
 
@@ -18,16 +18,20 @@ def add_parser(sub) -> None:
     p = sub.add_parser("list", help="list models with params, MACs and paper top-1")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'emo*'")
     p.add_argument("--family", help="only this family (e.g. emo, edgevit, mobilenetv3)")
+    p.add_argument("--task", choices=TASKS, default="classification",
+                   help="which models: classification (default), detection, segmentation, sequence")
     p.add_argument("--size", type=int_range(8, 4096), default=None,
                    help="input side for the MAC count (default: each model's own size, "
-                   "the one its published MACs refer to: 224, or 256 for tiny-MOAT)")
+                   "the one its published MACs refer to: 224, or 256 for tiny-MOAT; 320 for "
+                   "SSDLite, 800x1344 for RetinaNet)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_list)
 
     p = sub.add_parser("info", help="per-stage table (output shape, params, MACs) and metadata")
     p.add_argument("name", help="model name, e.g. mobilenetv3_large_100")
-    p.add_argument("--size", type=size_hw(1, MAX_SIDE), default="224",
-                   help=f"input side, or HxW, each up to {MAX_SIDE} (default 224)")
+    p.add_argument("--size", type=size_hw(1, MAX_SIDE), default=None,
+                   help=f"input side, or HxW, each up to {MAX_SIDE} (default 224; a detection or "
+                   "segmentation model's own input size)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_info)
 
@@ -48,23 +52,31 @@ def _meta_model(name: str):
         return create_model(name)
 
 
-def zoo_rows(pattern: str = "*", family: str | None = None, size: int | None = None) -> list[dict]:
+def zoo_rows(pattern: str = "*", family: str | None = None, size: int | None = None,
+             task: str = "classification") -> list[dict]:
     """One row per model: measured params and MACs next to the published figures.
 
-    MACs are counted at ``size`` when given, else at the model's own input size.
+    MACs are counted at ``size`` when given, else at the model's own input size; dense models
+    (detection, segmentation) on their ``export_forward`` (backbone, neck, heads; no NMS).
     """
     rows = []
-    for name in list_models(pattern, family=family):
+    for name in list_models(pattern, family=family, task=task):
         info = model_info(name)
         model = _meta_model(name)
-        h, w = (size, size) if size else info.input_size[1:]
+        if info.task == "sequence":  # a sensor window (channels, steps); --size sets the steps
+            c, t = info.input_size[0], size or info.input_size[-1]
+            shape, macs = [c, t], count_macs(model, (1, c, t), exact_shape=True)
+        else:
+            h, w = (size, size) if size else info.input_size[1:]
+            shape, macs = [h, w], count_macs(model, (1, 3, h, w))
         rows.append(
             dict(
                 name=name,
                 family=info.family,
-                input_size=[h, w],
+                task=info.task,
+                input_size=shape,
                 params=count_params(model),
-                macs=count_macs(model, (1, 3, h, w)),
+                macs=macs,
                 published_params=info.published_params,
                 published_macs=info.published_macs,
                 published_top1=info.published_top1,
@@ -83,17 +95,22 @@ def _m(v) -> str:
 
 
 def run_list(args) -> int:
-    rows = zoo_rows(args.pattern, args.family, args.size)
+    task = getattr(args, "task", "classification")
+    rows = zoo_rows(args.pattern, args.family, args.size, task)
     if args.json:
         print(to_json(rows, indent=2))
         return 0
     if not rows:
-        print(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
+        print(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else "")
+              + (f" among {task} models" if task != "classification" else ""))
         return 1
     from rich.table import Table
 
     where = f"{args.size}x{args.size}" if args.size else "each model's input size"
-    table = Table(title=f"edgevision models (MACs = multiply-adds at {where})")
+    what = "models" if task == "classification" else f"{task} models"
+    table = Table(title=f"edgevision {what} (MACs = multiply-adds at {where}"
+                  + ("; dense models: backbone + neck + heads, no NMS)" if task in ("detection", "segmentation")
+                     else ")"))
     for col in ("model", "family", "input", "params", "MACs", "paper params", "paper MACs",
                 "paper top-1"):
         table.add_column(col, justify="left" if col in ("model", "family") else "right",
@@ -110,13 +127,13 @@ def run_info(args) -> int:
     from edgevision.models.base import check_input_shape
 
     info = model_info(args.name)
-    h, w = args.size
+    h, w = args.size or (tuple(info.input_size[1:]) if info.task != "classification" else (224, 224))
     model = _meta_model(args.name)
     check_input_shape(model, torch.empty(1, model.in_chans, h, w, device="meta"))
     stages = module_summary(model, (1, model.in_chans, h, w))
     total = dict(params=count_params(model), macs=count_macs(model, (1, model.in_chans, h, w)))
     meta = info.as_dict()
-    meta["feature_info"] = model.feature_info
+    meta["feature_info"] = getattr(model, "feature_info", None)  # task models (detectors, ...) have none
     if args.json:
         print(to_json(dict(metadata=meta, input_size=[h, w], stages=stages, total=total), indent=2))
         return 0
@@ -138,7 +155,10 @@ def run_info(args) -> int:
         if isinstance(value, list):
             value = ", ".join(value)
         meta_table.add_row(key, "-" if value in (None, "") else str(value))
-    feats = ", ".join(f"{d['num_chs']}ch/{d['reduction']}x" for d in model.feature_info)
-    meta_table.add_row("features_only", feats)
+    if meta["feature_info"] is not None:
+        feats = ", ".join(f"{d['num_chs']}ch/{d['reduction']}x" for d in model.feature_info)
+        meta_table.add_row("features_only", feats)
+    else:
+        meta_table.add_row("task", f"{info.task} (MACs of export_forward: backbone + neck + heads, no NMS)")
     out.print(meta_table)
     return 0

@@ -19,11 +19,13 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("train", help="train or fine-tune a model on an image folder (torchrun-ready)",
                        description="Train MODEL on an ImageFolder (DIR/<class>/<images>, or DIR/train "
-                       "and DIR/val). Under `torchrun --nproc-per-node N -m edgevision train ...` it runs "
+                       "and DIR/val); a detector on COCO data (DIR/<split>/annotations.json + images/), a "
+                       "segmenter on image/mask folders (DIR/<split>/images + masks/, VOC, ADE20K). Under `torchrun --nproc-per-node N -m edgevision train ...` it runs "
                        "DistributedDataParallel; --batch-size is per process. Reruns continue from "
                        "OUTPUT/last.pth.")
     p.add_argument("model", help="model name, e.g. mobilenetv3_small_075")
-    p.add_argument("--data", help="ImageFolder root (omit with --recipe demo: bundled Fashion-MNIST sample)")
+    p.add_argument("--data", help="data root: ImageFolder, COCO or image/mask folders by the model's task "
+                   "(omit with --recipe demo: bundled Fashion-MNIST sample)")
     p.add_argument("--output", default=None, help="run folder (default runs/train/MODEL)")
     p.add_argument("--recipe", choices=list_recipes(), help="named defaults: " + ", ".join(list_recipes()))
     g = p.add_argument_group("optimisation")
@@ -72,13 +74,27 @@ def add_parser(sub) -> None:
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="also log to OUTPUT/tensorboard (needs: pip install tensorboard)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    g = p.add_argument_group("pruning during training (edgevision.sparse)")
+    g.add_argument("--sparsity", type=float_range(0.0, 1.0, hi_open=True), help="target fraction of zero weights in [0, 1) (default 0: dense)")
+    g.add_argument("--prune-start", type=float_range(0.0, 1e6), help="epoch at which pruning starts (fractions allowed; default 0)")
+    g.add_argument("--prune-end", type=float_range(0.0, 1e6), help="epoch at which the target sparsity is reached")
+    g.add_argument("--prune-scope", choices=["layer", "global"], help="rank weights per layer or globally")
+    g.add_argument("--prune-pattern", help="unstructured (default) or a group pattern of edgevision.sparse")
     p.set_defaults(func=run)
 
-    s = sub.add_parser("sample-data", help="write Fashion-MNIST (or your own .npz arrays) as an ImageFolder tree",
+    s = sub.add_parser("sample-data", help="write Fashion-MNIST (or your own .npz arrays) as an ImageFolder tree, "
+                       "or detection/segmentation scenes (--task)",
                        description="Write the bundled Fashion-MNIST sample (the full set when Debian's "
                        "dataset-fashion-mnist is installed) or the arrays of a .npz file as DIR/train/<class>/*.png "
                        "and DIR/val/<class>/*.png: the folder layout `edgevision train --data DIR` reads.")
     s.add_argument("output", help="folder to create (DIR/train/<class>/*.png, DIR/val/...)")
+    s.add_argument("--task", choices=["classification", "detection", "segmentation"], default="classification",
+                   help="detection/segmentation: deterministic scenes of Fashion-MNIST items on the bundled "
+                   "photos, with COCO boxes/masks (DIR/<split>/annotations.json) and PNG label masks")
+    s.add_argument("--num-train", type=positive_int, default=300, help="scenes: training images (default 300)")
+    s.add_argument("--num-val", type=positive_int, default=100, help="scenes: validation images (default 100)")
+    s.add_argument("--size", type=int_range(32, 1024), default=160, help="scenes: side in pixels (default 160)")
+    s.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="scenes: random seed (default 0)")
     s.add_argument("--train-per-class", type=positive_int, default=200, help="first N training images per class")
     s.add_argument("--val-per-class", type=positive_int, default=100, help="first N test images per class (val/)")
     s.add_argument("--all", action="store_true", help="every image of the source (70,000 with the full set)")
@@ -113,6 +129,15 @@ def run(args) -> int:
 def run_sample_data(args) -> int:
     from pathlib import Path
 
+    if args.task != "classification":
+        from edgevision.training.scenes import write_scenes
+
+        root = write_scenes(args.output, args.num_train, args.num_val, args.size, args.seed)
+        print(f"wrote {args.num_train} train and {args.num_val} val scenes ({args.size}x{args.size}, Fashion-MNIST "
+              f"items on the bundled photos) to {root}: <split>/images/*.jpg, <split>/masks/*.png (label maps), "
+              f"<split>/annotations.json (COCO boxes and masks), classes.txt; train with "
+              f"`edgevision train <{args.task} model> --data {root}`")
+        return 0
     from edgevision.training.data import (
         export_npz,
         prepare_sample_dataset,

@@ -36,6 +36,11 @@ and for a dynamic export a smaller and a larger (non-square) size plus every bre
 --check`` runs both on the temporary file, so a file that fails its check never replaces the
 destination.
 
+Dense task models (detection, segmentation: they have ``export_output_names``) are exported
+as their ``export_forward`` (:func:`export_view`): the raw head tensors of an already resized
+and normalised batch, one ONNX output per name (no NMS in the graph); ``--check`` compares
+every output.
+
 Files are written through :func:`edgevision.io.atomic_write` (a temporary file in the same
 folder, renamed over the destination): a failed export (disk full, exporter crash, wrong opset,
 failed ``verify``) leaves an existing file untouched and no partial file behind.
@@ -80,6 +85,33 @@ class DynamicShapeError(ExportError):
 
 class ExportFallbackWarning(UserWarning):
     """The dynamo exporter failed and the legacy TorchScript exporter was used; names the error."""
+
+
+class _ExportForward(nn.Module):
+    """``forward = model.export_forward`` (the exported view of a dense task model)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        for attr in ("in_chans", "min_input_size", "input_multiple", "size_breakpoints", "export_output_names"):
+            if hasattr(model, attr):
+                setattr(self, attr, getattr(model, attr))
+
+    def forward(self, x: torch.Tensor):
+        return tuple(self.model.export_forward(x))
+
+
+def export_view(model: nn.Module) -> nn.Module:
+    """What is exported and checked: ``model.export_forward`` for a dense task model (one that
+    declares ``export_output_names``), else the model itself."""
+    if isinstance(model, _ExportForward) or not hasattr(model, "export_output_names"):
+        return model
+    return _ExportForward(model)
+
+
+def output_names(model: nn.Module) -> list[str]:
+    """ONNX output names: the model's ``export_output_names``, else ["logits"]."""
+    return list(getattr(model, "export_output_names", ("logits",)))
 
 
 def _first_line(e: BaseException) -> str:
@@ -158,10 +190,11 @@ def _dynamic_axes(dynamic_batch: bool, dynamic_size: bool) -> dict:
 
 def _export_legacy(model, x, path, opset, axes):
     """The TorchScript-tracer exporter; its warnings (deprecation, TracerWarning) are not hidden."""
+    names = output_names(model)
     torch.onnx.export(
         model, (x,), str(path), dynamo=False, opset_version=opset,
-        input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": axes, "logits": {0: "batch"} if 0 in axes else {}} if axes else None,
+        input_names=["input"], output_names=names,
+        dynamic_axes={"input": axes, **{n: {0: "batch"} if 0 in axes else {} for n in names}} if axes else None,
         do_constant_folding=True,
     )
 
@@ -278,7 +311,7 @@ def _export_dynamo(model, x, opset, dynamic_batch=False, dynamic_size=False):
         _check_ranges(ep, info, name)
     # An ExportedProgram carries its dynamic shapes; the ONNX translation adds no guessing of its own.
     prog = torch.onnx.export(ep, (x,), dynamo=True, opset_version=opset, input_names=["input"],
-                             output_names=["logits"], verbose=False)
+                             output_names=output_names(model), verbose=False)
     written = prog.model.opset_imports.get("", None)
     if written != opset:
         raise ExportError(f"the dynamo exporter produced opset {written}, not the requested {opset} "
@@ -315,7 +348,7 @@ def export_onnx(
     require("onnx", "onnx", "ONNX export")
     check_opset(opset, exporter)
     name = type(model).__name__
-    model = model.eval()
+    model = export_view(model.eval())
     x = torch.randn(*input_size)
     _, _, breakpoints = _ints(model)
     prog, used, why = None, exporter, None
@@ -388,14 +421,23 @@ def ort_session(path: str | Path, threads: int | None = None):
 
 
 def run_session(session, x: torch.Tensor) -> torch.Tensor:
+    return run_session_all(session, x)[0]
+
+
+def run_session_all(session, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every output of the session (a dense model's heads), in the graph's order."""
     name = session.get_inputs()[0].name
-    out = session.run(None, {name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
-    return torch.from_numpy(out)
+    outs = session.run(None, {name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
+    return tuple(torch.from_numpy(o) for o in outs)
 
 
-def _run_checked(session, path, x: torch.Tensor) -> torch.Tensor:
+def _run_checked(session, path, x: torch.Tensor, all_outputs: bool = False):
+    """run_session's output; with all_outputs, a tuple of every output (run_session's alone for a
+    single-output model, so one patched run_session covers both)."""
     try:
-        return run_session(session, x)
+        if all_outputs and len(session.get_outputs()) > 1:
+            return run_session_all(session, x)
+        return (run_session(session, x),) if all_outputs else run_session(session, x)
     except Exception as e:  # onnxruntime's errors are long and multi-line
         raise ExportError(f"ONNX Runtime could not run {path} at input {tuple(x.shape)}: "
                           f"{type(e).__name__}: {_first_line(e)}") from e
@@ -414,12 +456,14 @@ def _load_session(path, threads):
 def check_onnx(model: nn.Module, path: str | Path, x: torch.Tensor, threads: int | None = None) -> float:
     """max|Δ| between ONNX Runtime on ``path`` and eager ``model`` on the same input."""
     with torch.inference_mode():
-        ref = model.eval()(x)
+        ref = export_view(model.eval())(x)
+    refs = tuple(ref) if isinstance(ref, (tuple, list)) else (ref,)
     session = _load_session(path, threads)
-    out = _run_checked(session, path, x)
-    if out.shape != ref.shape:
-        raise ValueError(f"ONNX output shape {tuple(out.shape)} differs from eager {tuple(ref.shape)}")
-    return float((out - ref).abs().max())
+    outs = _run_checked(session, path, x, all_outputs=True)
+    for out, r in zip(outs, refs):
+        if out.shape != r.shape:
+            raise ValueError(f"ONNX output shape {tuple(out.shape)} differs from eager {tuple(r.shape)}")
+    return max(float((o - r).abs().max()) for o, r in zip(outs, refs))
 
 
 def check_shapes(model: nn.Module, input_size, dynamic_batch: bool = False,
@@ -468,17 +512,22 @@ def verify_onnx(model: nn.Module, path: str | Path, shapes, tolerance: float = 1
         raise ValueError(f"tolerance must be a number >= 0; got {tolerance!r}")
     session = _load_session(path, threads)
     gen = torch.Generator().manual_seed(seed)
-    model = model.eval()
+    model = export_view(model.eval())
     results = {}
     for shape in shapes:
         x = torch.randn(*shape, generator=gen)
         with torch.inference_mode():
             ref = model(x)
-        out = _run_checked(session, path, x)
-        if out.shape != ref.shape:
-            raise ExportError(f"ONNX output shape {tuple(out.shape)} differs from eager {tuple(ref.shape)} "
-                              f"at input {tuple(shape)}")
-        results[tuple(shape)] = (float((out - ref).abs().max()), float(ref.abs().max()))
+        refs = tuple(ref) if isinstance(ref, (tuple, list)) else (ref,)
+        outs = _run_checked(session, path, x, all_outputs=True)
+        if len(outs) != len(refs):
+            raise ExportError(f"the ONNX file has {len(outs)} outputs, eager {len(refs)}")
+        for out, r in zip(outs, refs):
+            if out.shape != r.shape:
+                raise ExportError(f"ONNX output shape {tuple(out.shape)} differs from eager {tuple(r.shape)} "
+                                  f"at input {tuple(shape)}")
+        results[tuple(shape)] = (max(float((o - r).abs().max()) for o, r in zip(outs, refs)),
+                                 max(float(r.abs().max()) for r in refs))
     worst = max(results, key=lambda s: results[s][0])
     if results[worst][0] > tolerance:
         raise ExportError(f"{type(model).__name__} ONNX output differs from eager by {results[worst][0]:.2e} "

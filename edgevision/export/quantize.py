@@ -103,9 +103,34 @@ def _cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
 
 
+def preprocess_onnx(fp32_path: str | Path, out: str | Path) -> Path:
+    """ORT's quantization pre-processing (shape inference, graph cleanup), so QDQ pairs land
+    right; returns ``out``, or ``fp32_path`` itself when pre-processing fails."""
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=True)
+        return Path(out)
+    except Exception:
+        return Path(fp32_path)
+
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def _calibration_method(q, method: str):
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}; got {method!r}")
+    return {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
+            "entropy": q.CalibrationMethod.Entropy}[method]
+
+
 def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: torch.Tensor,
-                         batch: int = 1, reduce_range: bool | None = None) -> Path:
-    """Static int8 ONNX (QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration).
+                         batch: int = 1, reduce_range: bool | None = None, per_channel: bool = True,
+                         method: str = "minmax", percentile: float = 99.999,
+                         nodes_to_exclude: list[str] | None = None,
+                         calibration_cache: str | Path | None = None, preprocess: bool = True) -> Path:
+    """Static int8 ONNX (QDQ format, int8 weights, uint8 activations).
 
     Quantized: Conv, Gemm and MatMul, which carry the compute, and Clip/Relu, so that a
     conv's ReLU/ReLU6 fuses into its int8 kernel and the conv output is quantized over the
@@ -118,33 +143,49 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: t
     ``reduce_range`` (7-bit weights) defaults to on for x86 CPUs without VNNI, where ORT's
     u8s8 kernels can saturate (its documented advice; measured here on pretrained
     efficientnet_lite0: top-1 agreement 0.44 -> 0.53 on the sample photos).
+    ``per_channel``: one weight scale per output channel (default; what depthwise convs need)
+    or one per tensor. ``method``: activation ranges from the calibration images by
+    "minmax", "percentile" (``percentile`` of |x|'s histogram) or "entropy" (KL-optimal
+    clipping, TensorRT's method), all ONNX Runtime's calibrators. ``nodes_to_exclude``: ONNX
+    node names kept in fp32 (mixed precision). ``calibration_cache``: a JSON file of
+    activation ranges; written on the first call and reused (then ``images`` may be None),
+    so variants of one model (per-node exclusions) calibrate once. ``preprocess=False``: the
+    file already went through :func:`preprocess_onnx` (node names then stay as given).
     """
     q = require("onnxruntime.quantization", "onnx", "ONNX Runtime int8 quantization")
     onnx = require("onnx", "onnx", "ONNX Runtime int8 quantization")
     from edgevision.io import atomic_write
 
+    calib = _calibration_method(q, method)
     int8_path = Path(int8_path)
     model = onnx.load(str(fp32_path))
     input_name = model.graph.input[0].name
+    extra = {"CalibPercentile": float(percentile)} if method == "percentile" else {}
+    reader = None if images is None else _Reader(input_name, images, batch)
     with tempfile.TemporaryDirectory() as tmp:
         # Shape inference + graph cleanup first, as ORT recommends, so QDQ pairs land right.
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        except Exception:
-            pre = Path(fp32_path)
+        pre = preprocess_onnx(fp32_path, Path(tmp) / "pre.onnx") if preprocess else Path(fp32_path)
+        cache = {} if calibration_cache is None else {"calibration_cache_path": str(calibration_cache)}
         # Atomic (edgevision.io): a failed or cut-short quantization never leaves a partial file.
         atomic_write(int8_path, lambda part: q.quantize_static(
-            str(pre), part, _Reader(input_name, images, batch),
-            quant_format=q.QuantFormat.QDQ, per_channel=True,
+            str(pre), part, reader,
+            quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
             activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
             reduce_range=(not _cpu_has_vnni()) if reduce_range is None else reduce_range,
-            op_types_to_quantize=list(QUANTIZED_OPS),
-            calibrate_method=q.CalibrationMethod.MinMax,
+            op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(nodes_to_exclude or []),
+            calibrate_method=calib, extra_options=extra, **cache,
         ), keep_suffix=True)
     return int8_path
+
+
+def quantizable_nodes(path: str | Path) -> list[str]:
+    """Names of the ONNX nodes that carry weights and get int8 kernels (Conv, Gemm, MatMul with
+    a constant operand): the candidates for mixed precision."""
+    onnx = require("onnx", "onnx", "ONNX Runtime int8 quantization")
+    graph = onnx.load(str(path)).graph
+    consts = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node
+            if n.op_type in ("Conv", "Gemm", "MatMul") and any(i in consts for i in n.input[1:])]
 
 
 def quantize_pt2e(model: nn.Module, example: torch.Tensor, images: torch.Tensor) -> nn.Module:
@@ -157,7 +198,10 @@ def quantize_pt2e(model: nn.Module, example: torch.Tensor, images: torch.Tensor)
     xiq = require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "quant",
                   "PT2E int8 (torchao)")
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    # torchao's own advice: 7-bit activation ranges on CPUs without VNNI, whose u8s8 kernels
+    # saturate (pretrained Lite0 on an AMD EPYC without VNNI: fp32/int8 logit cosine 0.72
+    # with full ranges, above the 0.8 that tests/test_bench_runtimes.py asks with 7-bit).
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=not _cpu_has_vnni()))
     exported = torch.export.export(model.eval(), (example,), strict=False).module()
     prepared = pt2e.prepare_pt2e(exported, quantizer)
     batch = example.shape[0]

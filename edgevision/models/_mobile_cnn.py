@@ -41,15 +41,67 @@ TIMM_BN_EPS = 1e-5
 def timm_builder(name: str) -> Callable[..., torch.nn.Module]:
     """``build(**kwargs)`` = ``timm.create_model(name, pretrained=False, **kwargs)``."""
 
-    def build(**kwargs):
+    def build(reduced_tail: bool = False, **kwargs):
         # Dropout 0.2 before the classifier, as the papers train these networks (timm's
         # builder defaults to 0.0 and leaves it to its training script's --drop).
         kwargs.setdefault("drop_rate", 0.2)
+        if reduced_tail:
+            return mobilenetv3_large_reduced_tail(name, **kwargs)
         return timm.create_model(name, pretrained=False, **kwargs)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"timm's ``{name}`` (``timm.create_model({name!r}, **kwargs)``)."
     return build
+
+
+# MobileNetV3-Large as timm writes it (timm.models.mobilenetv3._gen_mobilenet_v3), with the
+# MobileNetV3 paper's reduced tail (section 6.3, torchvision's ``reduced_tail=True``): the last
+# stage's output halved (160 -> 80), its expansions and the last 1x1 conv halved (960 -> 480),
+# the head conv halved (1280 -> 640). For detection/segmentation heads on the stride-32 map.
+_MNV3_LARGE_REDUCED_TAIL = [
+    ["ds_r1_k3_s1_e1_c16_nre"],
+    ["ir_r1_k3_s2_e4_c24_nre", "ir_r1_k3_s1_e3_c24_nre"],
+    ["ir_r3_k5_s2_e3_c40_se0.25_nre"],
+    ["ir_r1_k3_s2_e6_c80", "ir_r1_k3_s1_e2.5_c80", "ir_r2_k3_s1_e2.3_c80"],
+    ["ir_r2_k3_s1_e6_c112_se0.25"],
+    ["ir_r3_k5_s2_e6_c80_se0.25"],  # first block: 112 -> 672 expansion -> 80; then 80 -> 480 -> 80
+    ["cn_r1_k1_s1_c{last}"],
+]
+
+
+def mobilenetv3_large_reduced_tail(name: str, **kwargs) -> torch.nn.Module:
+    """timm's MobileNetV3 class built from the reduced-tail arch above (``name`` gives the width:
+    ``mobilenetv3_large_100`` -> 1.0, ``_075`` -> 0.75); timm kwargs (bn_eps, bn_momentum, ...)
+    pass through as for ``timm.create_model``."""
+    if not name.startswith("mobilenetv3_large_"):
+        raise ValueError(f"reduced_tail=True exists for MobileNetV3-Large only, not {name!r}")
+    from timm.layers import get_act_layer
+    from timm.models._efficientnet_blocks import SqueezeExcite
+    from timm.models._efficientnet_builder import (
+        decode_arch_def,
+        resolve_bn_args,
+        round_channels,
+    )
+    from timm.models.mobilenetv3 import _create_mnv3
+
+    mult = int(name.rsplit("_", 1)[1]) / 100
+    # torchvision: last conv = 6 x the stage's (rounded) output; timm scales every 'cn' width by
+    # the multiplier, so write the unscaled width that rounds to it (480 at 1.0, 384 at 0.75).
+    last = round(6 * round_channels(80, mult) / mult)
+    arch = [[b.format(last=last) for b in stage] for stage in _MNV3_LARGE_REDUCED_TAIL]
+    se_layer = functools.partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=torch.nn.ReLU,
+                                 rd_round_fn=round_channels)
+    model_kwargs = dict(
+        block_args=decode_arch_def(arch),
+        num_features=round_channels(640, mult),
+        stem_size=16,
+        round_chs_fn=functools.partial(round_channels, multiplier=mult),
+        norm_layer=functools.partial(torch.nn.BatchNorm2d, **resolve_bn_args(kwargs)),
+        act_layer=get_act_layer(kwargs.pop("act_layer", "hard_swish")),
+        se_layer=se_layer,
+        **kwargs,
+    )
+    return _create_mnv3(name, False, **model_kwargs)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,15 @@ def _check_dtype_device(model: nn.Module, x: torch.Tensor, name: str) -> None:
                         f"x.to({p.dtype}) (or the model with model.to({x.dtype}))")
 
 
+def fixed_output_stride(kwargs: dict, family: str, why: str) -> None:
+    """Pop ``output_stride`` from a family's kwargs: 32 (its native stride) is accepted, any other
+    value is a one-line ValueError saying why the family cannot trade stride for dilation."""
+    output_stride = kwargs.pop("output_stride", 32)
+    if isinstance(output_stride, bool) or output_stride != 32:
+        raise ValueError(f"{family} has no output_stride control ({why}); got output_stride={output_stride!r}, "
+                         f"use 32 (dense heads interpolate)")
+
+
 def check_num_classes(num_classes) -> None:
     """TypeError/ValueError (naming num_classes) unless it is an int >= 0."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):

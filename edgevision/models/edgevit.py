@@ -50,7 +50,12 @@ from edgevision.layers.shapes import (
     subsample,
     tokens_to_map,
 )
-from edgevision.models.base import EdgeModel, linear_head, stage_block_groups
+from edgevision.models.base import (
+    EdgeModel,
+    fixed_output_stride,
+    linear_head,
+    stage_block_groups,
+)
 from edgevision.registry import register_model
 
 # Size-dependent helpers: torch.fx.symbolic_trace records them as calls (see layers/shapes.py).
@@ -204,6 +209,8 @@ class EdgeViT(EdgeModel):
     def __init__(self, cfg: dict, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, attn_drop_rate: float = 0.0, **kwargs):
         super().__init__()
+        fixed_output_stride(kwargs, "EdgeViT",
+                            "its stages downsample with non-overlapping patch convs before global sparse attention")
         if kwargs:
             raise TypeError(f"EdgeViT got unexpected arguments: {sorted(kwargs)}")
         depths, dims = cfg["depths"], cfg["dims"]

@@ -41,7 +41,12 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
 from edgevision.layers.shapes import contiguous_copy, map_to_tokens, tokens_to_map
-from edgevision.models.base import EdgeModel, linear_head, stage_block_groups
+from edgevision.models.base import (
+    EdgeModel,
+    fixed_output_stride,
+    linear_head,
+    stage_block_groups,
+)
 from edgevision.registry import register_model
 
 # Size-dependent helpers: torch.fx.symbolic_trace records them as calls (see layers/shapes.py).
@@ -277,6 +282,8 @@ class EfficientFormer(EdgeModel):
     def __init__(self, cfg: dict, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, proj_drop_rate: float = 0.0, **kwargs):
         super().__init__()
+        fixed_output_stride(kwargs, "EfficientFormer",
+                            "its pooling mixers cannot dilate and its last stage's attention bias is tied to its grid")
         if kwargs:
             raise TypeError(f"EfficientFormer got unexpected arguments: {sorted(kwargs)}")
         depths, dims = cfg["depths"], cfg["dims"]

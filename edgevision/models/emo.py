@@ -19,6 +19,9 @@ Faithfulness notes (all verified against official logits, max |d| <= 2e-6):
   and channel-LayerNorm outputs are copied to contiguous memory before views, so one
   ``torch.export`` program with dynamic height/width is right for every window count
   (see :mod:`edgevision.layers.shapes`).
+- ``output_stride`` (8, 16, default 32) turns the stride of the last stages into dilation for
+  dense heads (DeepLab's rule: a kept stage's first block runs at stride 1 with the previous
+  dilation, its other depthwise convs dilate by 2); weights are unchanged.
 - ``drop_rate`` is dropout before the classifier (timm convention); ``drop_path_rate`` is
   spread linearly over the stage blocks (the stem gets none), as official. The official
   training defaults (drop_path 0.04036 for 1M, 0.05 otherwise) are not applied implicitly.
@@ -108,9 +111,9 @@ class ConvAct(nn.Module):
 class DWConvBNAct(nn.Module):
     """Depthwise kxk conv (no bias) -> BN -> SiLU, in every stage (even the LN/GELU ones)."""
 
-    def __init__(self, dim: int, kernel: int, stride: int):
+    def __init__(self, dim: int, kernel: int, stride: int, dilation: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(dim, dim, kernel, stride, kernel // 2, groups=dim, bias=False)
+        self.conv = nn.Conv2d(dim, dim, kernel, stride, dilation * (kernel // 2), dilation, groups=dim, bias=False)
         self.norm = nn.BatchNorm2d(dim, eps=EPS)
         self.act = nn.SiLU()
 
@@ -153,7 +156,7 @@ class IRMB(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, exp_ratio: float, norm: str, act: str, kernel: int,
                  downsample: bool, attn: bool, dim_head: int, window_mode: str = "strided",
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, stride: int | None = None, dilation: int = 1):
         super().__init__()
         hidden = int(dim_in * exp_ratio)
         self.has_skip = not downsample and dim_in == dim_out
@@ -165,7 +168,8 @@ class IRMB(nn.Module):
             self.scale = dim_head ** -0.5
             self.qk = ConvAct(dim_in, 2 * dim_in, bias=True)  # [q | k], each head-major
         self.v = ConvAct(dim_in, hidden, bias=True, act=act)
-        self.conv_local = DWConvBNAct(hidden, kernel, 2 if downsample else 1)
+        stride = (2 if downsample else 1) if stride is None else stride  # 1 in a dilated stage
+        self.conv_local = DWConvBNAct(hidden, kernel, stride, dilation)
         self.proj = ConvAct(hidden, dim_out, bias=False)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -195,11 +199,14 @@ class IRMB(nn.Module):
 
 class EMO(EdgeModel):
     def __init__(self, cfg: dict, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, window_mode: str = "strided", **kwargs):
+                 drop_path_rate: float = 0.0, window_mode: str = "strided", output_stride: int = 32, **kwargs):
         super().__init__()
         if kwargs:
             raise TypeError(f"EMO got unexpected arguments: {sorted(kwargs)}")
         check_window_mode(window_mode)
+        if isinstance(output_stride, bool) or output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32; got {output_stride!r}")
+        self.output_stride = output_stride
         depths, dims = cfg["depths"], cfg["dims"]
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -211,18 +218,26 @@ class EMO(EdgeModel):
         n_blocks = sum(depths)  # linear schedule, in Python so that meta-device builds work
         dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # official: stem gets none
         stages, dim_prev, n = [], STEM_DIM, 0
+        stride, dilation = 2, 1  # running stride and dilation (stem: /2)
         for i, (depth, dim) in enumerate(zip(depths, dims)):
+            # Output stride: past it a stage keeps the resolution, its first block runs at stride 1
+            # with the previous dilation and the others dilate by 2 (DeepLab's atrous rule).
+            keep = stride * 2 > output_stride
+            block_dilation = dilation
+            dilation, stride = (dilation * 2, stride) if keep else (dilation, stride * 2)
             blocks = []
             for j in range(depth):
                 first = j == 0  # downsampling block: no skip, no attention, doubled expansion
                 blocks.append(IRMB(
                     dim_prev, dim, cfg["exp"][i] * (2 if first else 1), NORMS[i], ACTS[i], KERNELS[i],
                     downsample=first, attn=ATTN[i], dim_head=cfg["dim_head"][i],
-                    window_mode=window_mode, drop_path=dpr[n]))
+                    window_mode=window_mode, drop_path=dpr[n], stride=1 if keep and first else None,
+                    dilation=block_dilation if first else dilation))
                 dim_prev, n = dim, n + 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f"stages.{i}") for i, d in enumerate(dims)]
+        self.feature_info = [dict(num_chs=d, reduction=min(4 * 2 ** i, output_stride), module=f"stages.{i}")
+                             for i, d in enumerate(dims)]
         self.norm = LayerNorm2d(dims[-1], eps=EPS)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = linear_head(dims[-1], num_classes)

@@ -79,7 +79,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from timm.models._efficientnet_blocks import SqueezeExcite
 
-from edgevision.models.base import EdgeModel, linear_head
+from edgevision.models.base import EdgeModel, fixed_output_stride, linear_head
 from edgevision.registry import register_model
 
 CFGS = {
@@ -325,6 +325,8 @@ class MOAT(EdgeModel):
                  drop_path_rate: float = 0.0, attn_mode: str = "window", window_size=WINDOW,
                  pool_size: int = 3, **kwargs):
         super().__init__()
+        fixed_output_stride(kwargs, "MOAT",
+                            "its attention stages carry relative-position tables sized to their grid")
         if kwargs:
             raise TypeError(f"MOAT got unexpected arguments: {sorted(kwargs)}")
         if attn_mode not in ("window", "global"):

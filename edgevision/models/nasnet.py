@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from edgevision.layers.shapes import contiguous_copy, pad_to_multiple
-from edgevision.models.base import EdgeModel, linear_head
+from edgevision.models.base import EdgeModel, fixed_output_stride, linear_head
 from edgevision.registry import register_model
 
 # Size-dependent helpers: torch.fx.symbolic_trace records them as calls (see layers/shapes.py).
@@ -214,6 +214,8 @@ class NASNetAMobile(EdgeModel):
                  drop_path_rate: float = 0.0, stem_filters: int = 32, filters: int = 44,
                  cells_per_stack: int = 4, **kwargs):
         super().__init__()
+        fixed_output_stride(kwargs, "NASNetAMobile",
+                            "its reduction cells downsample through strided pooling branches")
         if kwargs:
             raise TypeError(f"NASNetAMobile got unexpected arguments: {sorted(kwargs)}")
         self.in_chans = in_chans

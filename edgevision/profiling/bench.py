@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from edgevision.io import atomic_write_text, save_figure
 from edgevision.jsonout import to_json
@@ -90,6 +91,28 @@ def _validate(models, runtimes, batches, size, threads, warmup, iters, rounds, c
         from edgevision.export.quantize import calibration_images
 
         calibration_images(calibration, size=8, n=1)  # missing folder / no images -> one-line error
+
+
+class _DenseBenchView(nn.Module):
+    """A dense task model (detection, segmentation) as benchmarked: ``export_forward`` (backbone,
+    neck, heads on a resized, normalised batch; no NMS), its outputs flattened into one tensor so
+    every runtime's result compares with eager's (and an exported graph keeps every head)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.in_chans = getattr(model, "in_chans", 3)
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([o.flatten(1) for o in self.model.export_forward(x)], dim=1)
+
+
+def _bench_view(model: nn.Module, size: int) -> tuple[nn.Module, tuple[int, int]]:
+    """(module to time, (height, width)): dense models at their own input size (export_input_size)."""
+    if hasattr(model, "export_output_names") and hasattr(model, "export_forward"):
+        return _DenseBenchView(model).eval(), tuple(model.export_input_size)
+    return model, (size, size)
 
 
 def _normalization(name, model) -> dict:
@@ -180,11 +203,12 @@ def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224,
         for name in models:
             steps.set_postfix_str(f"{name} build")
             model = create_model(name, checkpoint=checkpoints.get(name)).eval()
-            counts = dict(params=count_params(model), macs=count_macs(model, (1, 3, size, size)),
+            model, (h, w) = _bench_view(model, size)
+            counts = dict(params=count_params(model), macs=count_macs(model, (1, 3, h, w)),
                           published_top1=model_info(name).published_top1,
                           weights=str(checkpoints[name]) if name in checkpoints else "random")
             for batch in batches:
-                x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+                x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
                 with torch.inference_mode():
                     ref = model(x)
                 group, fns = {}, {}
@@ -192,7 +216,8 @@ def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224,
                     steps.set_postfix_str(f"{name} {rt_name} b{batch} prepare")
                     runtime = get_runtime(rt_name, threads=threads, calibration=calibration,
                                           compile_mode=compile_mode, **_normalization(name, model))
-                    row = dict(model=name, runtime=rt_name, batch=batch, size=size, threads=threads,
+                    row = dict(model=name, runtime=rt_name, batch=batch, size=size if h == w == size else f"{h}x{w}",
+                               threads=threads,
                                **counts)
                     try:
                         fns[rt_name], measured = _prepare_one(model, runtime, x, ref)

@@ -5,6 +5,10 @@ with the math SDPA backend forced: the fused CPU attention kernel is not counted
 (KeyError 'Global' seen), the math path decomposes into counted matmuls. Counted: conv,
 linear, matmul/bmm and attention. Not counted: norms, activations, pooling, elementwise ops
 (fvcore additionally counts norms, which is why its totals are 1-5% higher).
+
+Dense task models (detection, segmentation: they have ``export_output_names``) are counted on
+``model.export_forward(x)``: backbone, neck and heads on an already resized and normalised
+batch, without the resize/normalise transform, anchor decoding or NMS.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ def _device_of(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _forward_of(model: nn.Module):
+    """What one counted pass runs: export_forward for dense task models, else the model."""
+    if hasattr(model, "export_output_names") and callable(getattr(model, "export_forward", None)):
+        return model.export_forward
+    return model
+
+
 def _as_size(input_size) -> tuple[int, int, int, int]:
     if isinstance(input_size, int):
         return (1, 3, input_size, input_size)
@@ -38,12 +49,13 @@ def _as_size(input_size) -> tuple[int, int, int, int]:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_size=(1, 3, 224, 224), by_op: bool = False):
+def count_macs(model: nn.Module, input_size=(1, 3, 224, 224), by_op: bool = False, exact_shape: bool = False):
     """Multiply-adds of one forward pass at input_size (N,C,H,W; (C,H,W); (H,W) or int side).
 
-    With by_op=True returns (total, {op_name: macs}).
+    ``exact_shape=True`` takes ``input_size`` as the full input shape as it is (e.g. a sensor
+    window (N, C, T)). With by_op=True returns (total, {op_name: macs}).
     """
-    size = _as_size(input_size)
+    size = tuple(input_size) if exact_shape else _as_size(input_size)
     if len(size) == 4 and hasattr(model, "in_chans") and size[1] != model.in_chans:
         size = (size[0], model.in_chans, size[2], size[3])
     x = torch.randn(size, device=_device_of(model))
@@ -52,7 +64,7 @@ def count_macs(model: nn.Module, input_size=(1, 3, 224, 224), by_op: bool = Fals
     counter = FlopCounterMode(display=False)
     try:
         with sdpa_kernel(SDPBackend.MATH), counter:
-            model(x)
+            _forward_of(model)(x)
     finally:
         model.train(was_training)
     total = counter.get_total_flops() // 2
@@ -97,7 +109,7 @@ def module_summary(model: nn.Module, input_size=(1, 3, 224, 224)) -> list[dict]:
     counter = FlopCounterMode(display=False)
     try:
         with sdpa_kernel(SDPBackend.MATH), counter:
-            model(torch.randn(size, device=_device_of(model)))
+            _forward_of(model)(torch.randn(size, device=_device_of(model)))
     finally:
         model.train(was_training)
         for h in hooks:
@@ -106,7 +118,8 @@ def module_summary(model: nn.Module, input_size=(1, 3, 224, 224)) -> list[dict]:
     root = type(model).__name__
     rows = []
     for name, mod in modules:
-        flops = sum(counts.get(f"{root}.{name}", {}).values())
+        # export_forward calls the children directly: they are roots of the count then
+        flops = sum(counts.get(f"{root}.{name}", counts.get(type(mod).__name__, {})).values())
         rows.append(
             dict(
                 module=name,

@@ -211,7 +211,7 @@ def machine_info() -> dict:
         python=platform.python_version(),
         versions={
             pkg: _version(pkg)
-            for pkg in ("edgevision", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "torchao")
+            for pkg in ("edgevision", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "torchao", "openvino")
         },
         time=time.strftime("%Y-%m-%d %H:%M:%S %z"),
     )

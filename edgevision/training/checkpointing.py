@@ -112,3 +112,109 @@ def find_resume(output: Path, resume: str | None) -> Path | None:
     if not p.is_file():
         raise CheckpointError(f"--resume: checkpoint not found: {p}")
     return p
+
+
+# --------------------------------------------------------------------------- a run's state
+# Options whose change alters the schedule: the saved scheduler state is kept only when equal.
+SCHEDULE_KEYS = ("epochs", "sched", "lr", "lr_base", "lr_base_batch", "batch_size", "warmup_epochs",
+                 "warmup_lr", "min_lr", "max_steps_per_epoch")
+
+# Options whose change makes a resumed run differ from an uninterrupted one.
+RESUME_KEYS = ("data", "recipe", "batch_size", "lr", "lr_base", "lr_base_batch", "opt", "sched",
+               "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "drop_path",
+               "clip_grad", "ema", "ema_decay", "amp", "seed", "checkpoint", "freeze_backbone",
+               "head_width_scale", "img_size", "crop_scale", "hflip", "color_jitter", "auto_augment",
+               "interpolation", "mixup", "cutmix", "val_fraction", "max_steps_per_epoch",
+               "sparsity", "prune_start", "prune_end", "prune_scope", "prune_pattern")
+
+
+def run_state(run, epoch: int, step_in_epoch: int, sums: dict) -> dict:
+    """Everything needed to continue ``run`` exactly from (epoch, step_in_epoch)."""
+    from dataclasses import asdict
+
+    cfg = run.cfg
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "ema": run.ema.module.state_dict() if run.ema is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in run.hooks],
+        "rng": rng_state(),
+        "epoch": epoch, "step_in_epoch": step_in_epoch,
+        "global_step": epoch * run.steps_per_epoch + step_in_epoch,
+        "epoch_sums": {k: float(v) for k, v in sums.items()},
+        "model_name": cfg.model, "task": run.task.name, "num_classes": run.num_classes,
+        "classes": list(run.classes), "world_size": run.dist.world_size, "config": plain(asdict(cfg)),
+        "history": run.history,
+        "task_meta": plain(run.task.weights_meta(run)),  # what eval/predict need: classes, sizes, ids
+    }
+
+
+def save_run(run, epoch: int, step_in_epoch: int, sums: dict | None = None) -> None:
+    """Rank 0 writes OUTPUT/last.pth; mid-epoch, every rank's RNG streams and running sums go in
+    too (a collective: all ranks call this), so each rank resumes its own streams exactly."""
+    sums = sums or {}
+    state = run_state(run, epoch, step_in_epoch, sums) if run.main else None
+    if run.dist.enabled and step_in_epoch:
+        import torch.distributed as dist
+
+        mine = {"rng": rng_state(), "epoch_sums": {k: float(v) for k, v in sums.items()}}
+        gathered = [None] * run.dist.world_size
+        dist.all_gather_object(gathered, mine)
+        if run.main:
+            state["rank_states"] = gathered
+    if run.main:
+        save_checkpoint(run.out / LAST, state)
+
+
+def _sums(saved) -> dict:
+    if isinstance(saved, dict):
+        return {k: float(v) for k, v in saved.items()}
+    # edgevision-train-v1 files of the classification-only engine: [loss sum, correct, count]
+    loss, correct, n = (float(v) for v in saved)
+    return {"loss": loss, "n": n, "acc": 100.0 * correct}
+
+
+def resume_run(run):
+    """(start epoch, start step, epoch sums, rng state or None) from a checkpoint, if any;
+    loads model, optimizer, scheduler, EMA, scaler, hooks and history into ``run``."""
+    from dataclasses import asdict
+
+    cfg = run.cfg
+    path = find_resume(run.out, cfg.resume)
+    if path is None:
+        return 0, 0, {}, None
+    st = load_checkpoint(path)
+    check_resumable(st, cfg.model, run.num_classes, path, run.classes)
+    saved_cfg = st.get("config") or {}
+    now_cfg = plain(asdict(cfg))
+    changed = [f"{k} {saved_cfg[k]!r} -> {now_cfg[k]!r}" for k in RESUME_KEYS
+               if k in saved_cfg and saved_cfg[k] != now_cfg.get(k)]
+    if changed:
+        run.log(f"resume: warning: options differ from the run in {path}: {'; '.join(changed)} "
+                "(continuing with the new values; use --no-resume or another --output to start afresh)")
+    if int(st.get("world_size", 1)) != run.dist.world_size:
+        raise CheckpointError(f"{path}: saved with {st['world_size']} process(es), now "
+                              f"{run.dist.world_size}; resume with the same world size")
+    run.model.load_state_dict(st["model"])
+    run.optimizer.load_state_dict(st["optimizer"])
+    if all(saved_cfg.get(k) == now_cfg.get(k) for k in SCHEDULE_KEYS):
+        run.scheduler.load_state_dict(st["scheduler"])
+    # else: timm's scheduler state holds its length and lrs; the one just built for the new
+    # options (e.g. a raised --epochs) is right, and it is a function of the step count.
+    if run.ema is not None and st.get("ema") is not None:
+        run.ema.module.load_state_dict(st["ema"])
+    if run.scaler is not None and st.get("scaler"):
+        run.scaler.load_state_dict(st["scaler"])
+    for hook, hs in zip(run.hooks, st.get("hooks") or []):
+        if hs is not None and hasattr(hook, "load_state_dict"):
+            hook.load_state_dict(hs)
+    run.history = list(st.get("history", []))
+    run.log(f"resume: {path} at epoch {st['epoch']} step {st['step_in_epoch']}")
+    sums, rng = _sums(st["epoch_sums"]), st["rng"]
+    if st.get("rank_states"):
+        mine = st["rank_states"][run.dist.rank]
+        sums, rng = _sums(mine["epoch_sums"]), mine["rng"]
+    rng = rng if st["step_in_epoch"] else None  # epoch starts reseed anyway
+    return int(st["epoch"]), int(st["step_in_epoch"]), sums, rng

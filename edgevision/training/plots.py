@@ -19,16 +19,24 @@ def _plt():
 
 
 def plot_curves(history: list[dict], path: str | Path) -> Path:
-    """Loss and accuracy per epoch (train and val) side by side."""
+    """Losses (left) and the other train/val metrics (right) per epoch, whatever the task logs:
+    train_acc/val_top1 for classification, val_map/val_map50 for detection, val_miou, ..."""
     plt = _plt()
     ep = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
+    cols = [k for k in history[0] if k.startswith(("train_", "val_"))]
+    losses = [k for k in cols if k.endswith("loss")]
+    metrics = [k for k in cols if not k.endswith("loss")]
+    fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(9 if metrics else 4.5, 3.5), squeeze=False)
+    a = axes[0][0]
+    for k in losses:
+        a.plot(ep, [h.get(k, float("nan")) for h in history], "o-", label=k.replace("_loss", "").replace("_", " "))
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
-    b.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
-    b.plot(ep, [h["val_top1"] for h in history], "o-", label="val top-1")
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy (%)"), b.legend(), b.grid(alpha=0.3)
+    if metrics:
+        b = axes[0][1]
+        for k in metrics:
+            b.plot(ep, [h.get(k, float("nan")) for h in history], "o-", label=k.replace("_", " "))
+        pct = any(k in ("train_acc", "val_top1") for k in metrics)
+        b.set_xlabel("epoch"), b.set_ylabel("accuracy (%)" if pct else "metric"), b.legend(), b.grid(alpha=0.3)
     fig.tight_layout()
     try:
         save_figure(fig, path, dpi=100)  # atomic; a full disk is one clear WriteError

@@ -1,0 +1,123 @@
+"""Sparse kernels equal dense matmul / conv (hypothesis), and the sparse runtime equals the
+masked dense model on five families (issue 14)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+pytest.importorskip("numba")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import edgevision as ev  # noqa: E402
+from edgevision.sparse import compile as sparse_compile  # noqa: E402
+from edgevision.sparse import kernels as K  # noqa: E402
+from edgevision.sparse import prune  # noqa: E402
+from edgevision.sparse.runtime import SparseConv1x1, SparseRuntimeWarning  # noqa: E402
+
+ACTS = {K.ACT_NONE: lambda a: a, K.ACT_RELU: lambda a: np.maximum(a, 0), K.ACT_RELU6: lambda a: np.clip(a, 0, 6)}
+
+
+def _sparse(rng, o, i, s, rows=1, cols=1):
+    w = rng.standard_normal((o, i)).astype(np.float32)
+    keep = rng.random((o // rows, i // cols)) >= s
+    return w * np.repeat(np.repeat(keep, rows, 0), cols, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(o=st.integers(1, 70), i=st.integers(1, 70), p=st.integers(1, 90), s=st.floats(0.0, 0.99),
+       act=st.sampled_from([0, 1, 2]), seed=st.integers(0, 2**31 - 1))
+def test_csr_equals_dense(o, i, p, s, act, seed):
+    rng = np.random.default_rng(seed)
+    w = _sparse(rng, o, i, s)
+    x = rng.standard_normal((i, p)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    y = np.full((o, p), np.nan, np.float32)
+    K.csr_spmm(*K.to_csr(w), b, x, y, act)
+    np.testing.assert_allclose(y, ACTS[act](w @ x + b[:, None]), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pattern=st.sampled_from([(4, 1), (8, 1), (1, 4)]), ob=st.integers(1, 12), ib=st.integers(1, 24),
+       p=st.integers(1, 70), s=st.floats(0.0, 0.99), act=st.sampled_from([0, 1, 2]),
+       seed=st.integers(0, 2**31 - 1))
+def test_block_csr_equals_dense(pattern, ob, ib, p, s, act, seed):
+    rows, cols = pattern
+    rng = np.random.default_rng(seed)
+    w = _sparse(rng, ob * rows, ib * cols, s, rows, cols)
+    x = rng.standard_normal((ib * cols, p)).astype(np.float32)
+    b = rng.standard_normal(ob * rows).astype(np.float32)
+    y = np.full((ob * rows, p), np.nan, np.float32)
+    K.BLOCK_KERNELS[pattern](*K.to_bcsr(w, rows, cols), b, x, y, act)
+    np.testing.assert_allclose(y, ACTS[act](w @ x + b[:, None]), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(c=st.integers(1, 12), h=st.integers(1, 20), w=st.integers(1, 20), k=st.sampled_from([1, 3, 5, 7]),
+       stride=st.sampled_from([1, 2]), seed=st.integers(0, 2**31 - 1), act=st.sampled_from([0, 2]))
+def test_depthwise_equals_torch(c, h, w, k, stride, seed, act):
+    pad = k // 2
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(c, c, k, stride, pad, groups=c)
+    x = torch.randn(1, c, h, w)
+    with torch.no_grad():
+        ref = conv(x)[0].numpy()
+    xp = np.empty((c, h + 2 * pad, w + 2 * pad), np.float32)
+    K.pad_chw(x[0].numpy(), pad, pad, xp)
+    y = np.full(ref.shape, np.nan, np.float32)
+    kern = K.depthwise3x3 if k == 3 else K.depthwise_kxk
+    kern(xp, conv.weight.detach()[:, 0].numpy().copy(), conv.bias.detach().numpy().copy(), stride, y, act)
+    np.testing.assert_allclose(y, ACTS[act](ref), rtol=1e-4, atol=1e-5)
+
+
+def test_bcsr_needs_whole_blocks():
+    with pytest.raises(ValueError, match="does not tile"):
+        K.to_bcsr(np.ones((6, 4), np.float32), 4, 1)
+
+
+FAMILIES = ["mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_lite0", "mnasnet_100"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_runtime_equals_masked_dense(name):
+    torch.manual_seed(0)
+    m = ev.create_model(name, num_classes=10).eval()
+    prune(m, 0.8)
+    x = torch.randn(2, 3, 64, 64)
+    sm = sparse_compile(m, x[:1], autotune=False)  # every candidate replaced: all kernels run
+    assert sm.sparse_info["sparse"] and sm.sparse_info["depthwise"]
+    assert any(isinstance(mod, SparseConv1x1) for mod in sm.modules())
+    with torch.no_grad():
+        ref = m(x)
+    out = sm(x)
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+def test_runtime_block_pattern_and_autotune():
+    torch.manual_seed(0)
+    m = ev.create_model("mobilenetv2_100", num_classes=10).eval()
+    prune(m, 0.7, pattern="4x1")
+    x = torch.randn(1, 3, 64, 64)
+    sm = sparse_compile(m, x)  # autotuned: some layers may stay dense, outputs still equal
+    assert any(isinstance(mod, SparseConv1x1) and mod.pattern in ((4, 1), (8, 1)) for mod in sm.modules()) \
+        or sm.sparse_info["kept_dense"]
+    with torch.no_grad():
+        assert (sm(x) - m(x)).abs().max().item() <= 1e-4
+    with pytest.raises(RuntimeError, match="inference only"):
+        sm.train()
+
+
+def test_runtime_on_unpruned_model_warns_and_runs_dense():
+    m = ev.create_model("mobilenetv2_100", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        sm = sparse_compile(m, x)
+    msgs = [str(r.message) for r in rec if issubclass(r.category, SparseRuntimeWarning)]
+    assert len(msgs) == 1 and "was it pruned" in msgs[0] and "\n" not in msgs[0]
+    assert not sm.sparse_info["sparse"]
+    with torch.no_grad():
+        assert (sm(x) - m(x)).abs().max().item() <= 1e-4
