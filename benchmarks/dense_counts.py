@@ -127,6 +127,20 @@ def _mobilenetv2_paper_taps(first_anchors: int = 6) -> tuple[int, int]:
 def explain(row: dict) -> str:
     n = row["name"]
     g = lambda v: f"{v / 1e9:.3f}G"  # noqa: E731
+    if n.startswith(("deeplabv3_emo", "pspnet_emo")):
+        from edgevision.tasks.segmentation.official import official_padding_macs
+
+        backbone = n.split("_", 1)[1]
+        with torch.device("meta"):
+            m = ev.create_model(n, num_classes=row["num_classes"], aux_loss=True)
+        p_aux = count_params(m)
+        pad = official_padding_macs(_build(n, row["num_classes"]), backbone, tuple(row["input_size"]))
+        official = row["macs_no_attn"] + pad
+        return (f"mmseg's get_flops convention: params include the auxiliary FCN head the config trains with "
+                f"(ours with it: {p_aux / 1e6:.2f}M, {_pct(p_aux, row['published_params']):+.1f}%); MACs without "
+                f"the aux head and without attention matmuls (mmcv's hook counter does not see them), plus the "
+                f"official network's window padding (official windows per edgevision.tasks.segmentation.official: "
+                f"{pad / 1e6:+.0f}M MACs): {g(official)} ({_pct(official, row['published_macs']):+.1f}%)")
     if n.startswith("retinanet_emo"):
         with torch.device("meta"):
             m = ev.create_model(n, num_classes=80)

@@ -55,7 +55,7 @@ def _steps(out: Path, skip: frozenset = frozenset()) -> list[tuple[str, list[str
         ("info", ["info", "mobilenetv3_large_100"]),
         ("predict", ["predict", "efficientnet_lite0", str(photo),
                      "--checkpoint", weights]),
-        ("bench", ["bench", *DEFAULT_BENCH_MODELS, "--runtime", "eager,onnxruntime",
+        ("bench", ["bench", *DEFAULT_BENCH_MODELS, "--runtime", "eager,optimized,onnxruntime",
                    "--batch", "1", "--size", "224", "--warmup", "3", "--iters", "15",
                    "--output", str(out / "bench")]),
         ("export", ["export", "emo_1m", "--format", "onnx", "--output",
