@@ -165,3 +165,14 @@ def test_engine_refuses_a_table_with_unknown_classes(tmp_path):
     (data / "attributes.csv").unlink()
     with pytest.raises(ValueError, match="class,attribute CSV"):
         train(_cfg(data, tmp_path / "run2"))
+
+
+def test_cli_attributes_option_points_at_the_table(tmp_path, capsys):
+    from edgevision.cli import main as cli_main
+
+    data = _image_folder(tmp_path / "data", per_class=1)
+    table = tmp_path / "elsewhere.csv"  # not DATA/attributes.csv: only --attributes can find it
+    table.write_text("class,attribute\nsandal,1\nbag,0\nsneaker,1\nsalmon,1\n")
+    rc = cli_main(["train", "m_mobilenetv1_100", "--data", str(data), "--attributes", str(table),
+                   "--epochs", "1", "--img-size", "32", "--batch-size", "2", "--output", str(tmp_path / "run")])
+    assert rc != 0 and "salmon" in capsys.readouterr().err

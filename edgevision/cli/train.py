@@ -10,6 +10,7 @@ from edgevision.cli._args import (
     float_range,
     int_range,
     non_negative_int,
+    nonempty,
     positive_int,
 )
 
@@ -80,6 +81,8 @@ def add_parser(sub) -> None:
     g.add_argument("--prune-end", type=float_range(0.0, 1e6), help="epoch at which the target sparsity is reached")
     g.add_argument("--prune-scope", choices=["layer", "global"], help="rank weights per layer or globally")
     g.add_argument("--prune-pattern", help="unstructured (default) or a group pattern of edgevision.sparse")
+    g.add_argument("--attributes", type=nonempty, help="M-MobileNet (m_mobilenet*): CSV with columns class,attribute "
+                   "(0/1) for every class (default: DATA/attributes.csv)")
     p.set_defaults(func=run)
 
     s = sub.add_parser("sample-data", help="write Fashion-MNIST (or your own .npz arrays) as an ImageFolder tree, "

@@ -64,6 +64,8 @@ class TrainConfig:
     prune_end: float | None = None  # None: the hook's default (e.g. the last epoch)
     prune_scope: str = "layer"  # layer | global
     prune_pattern: str = "unstructured"
+    # The "attributes" task (M-MobileNet): a class,attribute CSV; None = DATA/attributes.csv.
+    attributes: str | None = None
 
 
 def make_config(model: str, recipe: str | None = None, **overrides) -> TrainConfig:
