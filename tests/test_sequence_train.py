@@ -79,3 +79,16 @@ def test_onnx_export_of_fusionactnet_window(tmp_path):
 def test_missing_data_folder_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="no such folder"):
         train(_cfg("resnet1d", tmp_path / "missing", tmp_path / "r"))
+
+
+def test_bench_times_a_sensor_window_on_eager_and_onnxruntime():
+    from edgevision.profiling.bench import run_bench
+
+    report = run_bench(["resnet1d"], runtimes=("eager", "onnxruntime"), batches=(2,), warmup=1, iters=2,
+                       rounds=1, output_dir=None, progress=False, threads=1)
+    rows = {r["runtime"]: r for r in report["results"]}
+    assert set(rows) == {"eager", "onnxruntime"}
+    for r in rows.values():
+        assert r["error"] is None and r["median_ms"] > 0 and r["size"] == "9x128"
+    assert rows["onnxruntime"]["max_abs_diff"] < 1e-4  # the exported window model, not a stand-in
+    assert rows["eager"]["macs"] > 1e6

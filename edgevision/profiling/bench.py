@@ -108,11 +108,14 @@ class _DenseBenchView(nn.Module):
         return torch.cat([o.flatten(1) for o in self.model.export_forward(x)], dim=1)
 
 
-def _bench_view(model: nn.Module, size: int) -> tuple[nn.Module, tuple[int, int]]:
-    """(module to time, (height, width)): dense models at their own input size (export_input_size)."""
+def _bench_view(model: nn.Module, size: int, task: str = "classification") -> tuple[nn.Module, tuple[int, ...]]:
+    """(module to time, one sample's input shape): images (3, size, size); dense models at their
+    own input size (export_input_size); sensor-sequence models one window (channels, steps)."""
+    if task == "sequence":
+        return model, tuple(model.pretrained_cfg["input_size"])
     if hasattr(model, "export_output_names") and hasattr(model, "export_forward"):
-        return _DenseBenchView(model).eval(), tuple(model.export_input_size)
-    return model, (size, size)
+        return _DenseBenchView(model).eval(), (3, *model.export_input_size)
+    return model, (3, size, size)
 
 
 def _normalization(name, model) -> dict:
@@ -203,12 +206,12 @@ def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224,
         for name in models:
             steps.set_postfix_str(f"{name} build")
             model = create_model(name, checkpoint=checkpoints.get(name)).eval()
-            model, (h, w) = _bench_view(model, size)
-            counts = dict(params=count_params(model), macs=count_macs(model, (1, 3, h, w)),
+            model, sample = _bench_view(model, size, model_info(name).task)
+            counts = dict(params=count_params(model), macs=count_macs(model, (1, *sample), exact_shape=True),
                           published_top1=model_info(name).published_top1,
                           weights=str(checkpoints[name]) if name in checkpoints else "random")
             for batch in batches:
-                x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
+                x = torch.randn(batch, *sample, generator=torch.Generator().manual_seed(0))
                 with torch.inference_mode():
                     ref = model(x)
                 group, fns = {}, {}
@@ -216,7 +219,7 @@ def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224,
                     steps.set_postfix_str(f"{name} {rt_name} b{batch} prepare")
                     runtime = get_runtime(rt_name, threads=threads, calibration=calibration,
                                           compile_mode=compile_mode, **_normalization(name, model))
-                    row = dict(model=name, runtime=rt_name, batch=batch, size=size if h == w == size else f"{h}x{w}",
+                    row = dict(model=name, runtime=rt_name, batch=batch, size=size if sample == (3, size, size) else "x".join(map(str, sample[1:] if len(sample) == 3 else sample)),
                                threads=threads,
                                **counts)
                     try:

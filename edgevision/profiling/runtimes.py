@@ -60,6 +60,12 @@ class Runtime:
 
         if self.onnx_file is not None:
             return Path(self.onnx_file)
+        if example.dim() == 3:  # a sensor window (batch, channels, steps): the sequence exporter
+            from edgevision.tasks.sequence.export import export_sequence_onnx
+
+            path = self.workdir() / "model.onnx"
+            export_sequence_onnx(model, path, tuple(example.shape), dynamic_batch=False)
+            return path
         return export_onnx(model, self.workdir() / "model.onnx", tuple(example.shape))
 
     def workdir(self) -> Path:
