@@ -189,6 +189,15 @@ def convert_layout(sd: dict, layout: SourceLayout, target: str) -> dict:
         raise KeyError(f"not a {layout.name} state dict (no weights)")
     # Build the target with the source's head and input width, so every tensor pairs.
     dst = _target_layout(target, int(sd[weights[-1]].shape[0]), int(sd[weights[0]].shape[1]))
+    out = pair_in_order(sd, src, dst, f"{layout.name} -> timm {target}: {len(src)} tensors in the checkpoint, "
+                                      f"{len(dst)} in the model, paired in execution order")
+    return shift_bn_eps(out, layout.bn_eps)
+
+
+def pair_in_order(sd: dict, src: list[str], dst: list[tuple[str, tuple]], context: str) -> dict:
+    """``{dst key: sd[src key]}`` pairing the two lists in order, each pair checked for the same
+    role (weight/bias/running_mean...) and shape; any misfit raises CheckpointMismatchError
+    listing every missing, unexpected and mis-shaped tensor."""
     out, mismatched = {}, []
     for s, (d, shape) in zip(src, dst):
         v = sd[s]
@@ -199,11 +208,9 @@ def convert_layout(sd: dict, layout: SourceLayout, target: str) -> dict:
         out[d] = v.reshape(shape)
     if mismatched or len(src) != len(dst):
         n = min(len(src), len(dst))
-        raise CheckpointMismatchError(
-            missing=[d for d, _ in dst[n:]], unexpected=src[n:], mismatched=mismatched,
-            context=f"{layout.name} -> timm {target}: {len(src)} tensors in the checkpoint, "
-                    f"{len(dst)} in the model, paired in execution order")
-    return shift_bn_eps(out, layout.bn_eps)
+        raise CheckpointMismatchError(missing=[d for d, _ in dst[n:]], unexpected=src[n:],
+                                      mismatched=mismatched, context=context)
+    return out
 
 
 def register_timm_models(family: str, variants: dict[str, dict], layouts: dict[str, SourceLayout] | None = None,

@@ -251,3 +251,22 @@ def load_trained(model_name: str, checkpoint: str, output: str | None = None, **
     else:
         load_checkpoint(model, checkpoint, model_info(model_name).converters, model_name)
     return model.eval(), meta, out
+
+
+class DenseTask(Task):
+    """Detection and segmentation: the model is trained from scratch at ``--img-size``, so the
+    classifier-only options are refused up front with one line."""
+
+    #: the end of the refusal line for --checkpoint/--freeze-backbone
+    from_scratch = "trains its model from scratch"
+
+    def build_model(self, run) -> nn.Module:
+        from edgevision.factory import create_model
+
+        cfg = run.cfg
+        for opt in ("checkpoint", "freeze_backbone"):
+            if getattr(cfg, opt):
+                raise ValueError(f"--{opt.replace('_', '-')} is for classifiers; {self.name} {self.from_scratch}")
+        if cfg.mixup or cfg.cutmix:
+            raise ValueError("--mixup/--cutmix apply to classification only")
+        return create_model(cfg.model, num_classes=run.num_classes, img_size=cfg.img_size)

@@ -23,10 +23,10 @@ import torch.nn as nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
 
-from edgevision.checkpoints import CheckpointMismatchError
 from edgevision.models._mobile_cnn import (
     _TORCHVISION_ORDER,
     mobilenetv3_large_reduced_tail,
+    pair_in_order,
 )
 from edgevision.tasks.detection.necks import SSDLITE_NORM
 from edgevision.tasks.detection.ssdlite import EdgeSSD, _check_build
@@ -96,20 +96,10 @@ def convert_torchvision(sd: dict) -> dict:
     prefix = "backbone.features."
     if prefix + "0.0.0.weight" not in sd:
         raise KeyError("not a torchvision ssdlite320_mobilenet_v3_large state dict")
-    src = sorted((k[len(prefix):] for k in sd if k.startswith(prefix) and not k.endswith("num_batches_tracked")),
-                 key=_TORCHVISION_ORDER)
-    dst = _our_backbone_keys()
+    src = [prefix + k for k in sorted((k[len(prefix):] for k in sd
+                                       if k.startswith(prefix) and not k.endswith("num_batches_tracked")),
+                                      key=_TORCHVISION_ORDER)]
     out = {k: v for k, v in sd.items() if not k.startswith(prefix)}
-    mismatched = []
-    for s, (d, shape) in zip(src, dst):
-        v = sd[prefix + s]
-        if s.rsplit(".", 1)[-1] != d.rsplit(".", 1)[-1] or tuple(v.shape) != shape:
-            mismatched.append((f"{prefix}{s} -> {d}", tuple(v.shape), shape))
-        else:
-            out[d] = v
-    if mismatched or len(src) != len(dst):
-        n = min(len(src), len(dst))
-        raise CheckpointMismatchError(missing=[d for d, _ in dst[n:]], unexpected=[prefix + s for s in src[n:]],
-                                      mismatched=mismatched,
-                                      context="torchvision ssdlite320_mobilenet_v3_large -> edgevision")
+    out.update(pair_in_order(sd, src, _our_backbone_keys(),
+                             "torchvision ssdlite320_mobilenet_v3_large -> edgevision"))
     return out

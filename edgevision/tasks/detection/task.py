@@ -10,7 +10,7 @@ import torch
 
 from edgevision.io import atomic_write_text
 from edgevision.jsonout import to_json
-from edgevision.tasks.base import EvalRun, Task, load_trained
+from edgevision.tasks.base import DenseTask, EvalRun, load_trained
 from edgevision.tasks.detection import data as D
 from edgevision.tasks.detection.metrics import coco_map, to_coco_results
 
@@ -23,8 +23,9 @@ def split_records(records: list, fraction: float, seed: int):
     return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
 
 
-class DetectionTask(Task):
+class DetectionTask(DenseTask):
     name = "detection"
+    from_scratch = "trains its model from scratch (use a backbone checkpoint through create_model)"
     score_key = "val_map"
     bar_stats = ()
 
@@ -58,18 +59,6 @@ class DetectionTask(Task):
         self.category_ids = cat_ids
         self._records = (train_recs, val_recs)
         self.gt = D.gt_coco_dict(val_recs, cat_ids, classes)
-
-    def build_model(self, run):
-        from edgevision.factory import create_model
-
-        cfg = run.cfg
-        for opt in ("checkpoint", "freeze_backbone"):
-            if getattr(cfg, opt):
-                raise ValueError(f"--{opt.replace('_', '-')} is for classifiers; detection trains its model "
-                                 "from scratch (use a backbone checkpoint through create_model)")
-        if cfg.mixup or cfg.cutmix:
-            raise ValueError("--mixup/--cutmix apply to classification only")
-        return create_model(cfg.model, num_classes=run.num_classes, img_size=cfg.img_size)
 
     def build_datasets(self, run, model):
         train_recs, val_recs = self._records

@@ -15,8 +15,12 @@ import functools
 
 import torch
 
-from edgevision.checkpoints import CheckpointMismatchError
-from edgevision.models._mobile_cnn import _SKIP, _TORCHVISION_ORDER, _fits, shift_bn_eps
+from edgevision.models._mobile_cnn import (
+    _SKIP,
+    _TORCHVISION_ORDER,
+    pair_in_order,
+    shift_bn_eps,
+)
 
 TORCHVISION_BN_EPS = 1e-3
 _PREFIX = "backbone."
@@ -48,18 +52,7 @@ def convert_torchvision(sd: dict, name: str) -> dict:
     dst = _target_backbone(name, _num_classes(sd), aux)
     src = sorted((k for k in sd if k.startswith(_PREFIX) and not k.endswith(_SKIP)),
                  key=lambda k: _TORCHVISION_ORDER(k[len(_PREFIX):]))
-    out, mismatched = {}, []
-    for s, (d, shape) in zip(src, dst):
-        v = sd[s]
-        if s.rsplit(".", 1)[-1] != d.rsplit(".", 1)[-1] or not _fits(tuple(v.shape), shape):
-            mismatched.append((f"{s} -> {d}", tuple(v.shape), shape))
-            continue
-        out[d] = v.reshape(shape)
-    if mismatched or len(src) != len(dst):
-        n = min(len(src), len(dst))
-        raise CheckpointMismatchError(
-            missing=[d for d, _ in dst[n:]], unexpected=src[n:], mismatched=mismatched,
-            context=f"torchvision -> {name}: backbone tensors paired in execution order")
+    out = pair_in_order(sd, src, dst, f"torchvision -> {name}: backbone tensors paired in execution order")
     out = shift_bn_eps(out, TORCHVISION_BN_EPS)
     out.update({k: v for k, v in sd.items() if not k.startswith(_PREFIX)})  # heads: same classes, same keys
     return out

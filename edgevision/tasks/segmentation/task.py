@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from edgevision.io import atomic_write_text
 from edgevision.jsonout import to_json
-from edgevision.tasks.base import EvalRun, Task, load_trained
+from edgevision.tasks.base import DenseTask, EvalRun, load_trained
 from edgevision.tasks.segmentation import data as D
 from edgevision.tasks.segmentation.metrics import confusion, scores
 
@@ -28,7 +28,7 @@ def _logits(out) -> torch.Tensor:
     return out["out"] if isinstance(out, dict) else out
 
 
-class SegmentationTask(Task):
+class SegmentationTask(DenseTask):
     name = "segmentation"
     score_key = "val_miou"
     bar_stats = ("pixel_acc",)
@@ -68,18 +68,6 @@ class SegmentationTask(Task):
         run.classes, run.num_classes, run.data_dir = classes, len(classes), str(cfg.data)
         run.data_report = [r.as_dict() for r in reports]
         self._pairs = (train_pairs, val_pairs)
-
-    def build_model(self, run):
-        from edgevision.factory import create_model
-
-        cfg = run.cfg
-        for opt in ("checkpoint", "freeze_backbone"):
-            if getattr(cfg, opt):
-                raise ValueError(f"--{opt.replace('_', '-')} is for classifiers; segmentation trains its "
-                                 "model from scratch")
-        if cfg.mixup or cfg.cutmix:
-            raise ValueError("--mixup/--cutmix apply to classification only")
-        return create_model(cfg.model, num_classes=run.num_classes, img_size=cfg.img_size)
 
     def build_datasets(self, run, model):
         from edgevision.training.runtime import model_norm
