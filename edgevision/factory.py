@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch.nn as nn
 
@@ -15,6 +16,7 @@ from edgevision.models.base import (
     check_num_classes,
     take_indices,
 )
+from edgevision.models.netconfig import is_config_path, load_config
 from edgevision.registry import model_info, pretrained_cfg
 
 
@@ -47,6 +49,12 @@ def create_model(
     here runs at any size it allows; this is what data pipelines resolve to).
     global_pool: 'avg' (default) or '' (no pooling; needs num_classes=0).
     """
+    config_file = None
+    if is_config_path(name):  # a JSON net config: built through the generic net_config entry
+        config_file, kwargs["config"] = str(name), load_config(name)
+        num_classes = kwargs["config"].get("num_classes") if num_classes is None else num_classes
+        in_chans = kwargs["config"].get("in_chans") if in_chans is None else in_chans
+        name = "net_config"
     info = model_info(name)
     if in_chans is None:  # the registered input's channels: 3 for images, 9 for UCI HAR windows, ...
         in_chans = info.input_size[0]
@@ -73,6 +81,9 @@ def create_model(
             model.reset_classifier(num_classes, global_pool)
     model.model_name = name
     model.pretrained_cfg = _model_cfg(name, model, in_chans, num_classes)
+    if config_file is not None:  # named after the config, with the file recorded
+        model.model_name = kwargs["config"].get("name") or Path(config_file).stem
+        model.pretrained_cfg.update(architecture=model.model_name, net_config=config_file)
     if img_size is not None:
         _set_img_size(model, img_size)
     if checkpoint is not None:

@@ -43,6 +43,8 @@ class ModelInfo:
     notes: str = ""
     # What the model predicts: classification | detection | segmentation | sequence.
     task: str = "classification"
+    # Not listed by list_models (a generic entry such as net_config, built only with arguments).
+    hidden: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -84,6 +86,7 @@ def register_model(
     name: str | None = None,
     cfg: dict | None = None,
     task: str = "classification",
+    hidden: bool = False,
 ):
     """Decorator registering ``fn(**kwargs) -> nn.Module`` under ``name`` (default: fn.__name__).
 
@@ -118,6 +121,7 @@ def register_model(
             notes=notes,
             cfg=dict(cfg or {}),
             task=task,
+            hidden=hidden,
         )
         _register_into_timm(model_name, fn)
         return fn
@@ -228,11 +232,19 @@ def list_models(pattern: str = "*", family: str | None = None, task: str | None 
     _ensure_models_imported()
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    names = [n for n, info in _REGISTRY.items() if fnmatch.fnmatch(n, pattern)
+    names = [n for n, info in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and not info.hidden
              and (task is None or info.task == task)]
     if family is not None:
         names = [n for n in names if _REGISTRY[n].family == family]
     return sorted(names)
+
+
+def dense_backbones() -> list[str]:
+    """The classifiers every detection/segmentation head is registered on: the published families.
+
+    Networks described by a net config (search results, family "netconfig") are left out so the
+    dense zoo stays the papers' backbones; build a detector on one in code."""
+    return [n for n in list_models() if _REGISTRY[n].family != "netconfig"]
 
 
 class UnknownModelError(KeyError):

@@ -1,7 +1,10 @@
 """Shared fixtures: the reference folder, deterministic small-input settings."""
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,10 @@ REFERENCE = REPO.parent / "shared" / "reference"
 # predict/bench apply edgevision's process-wide allocator setting (keep freed heap memory);
 # tests run many models in one worker, so they keep glibc's defaults.
 os.environ.setdefault("EDGEVISION_KEEP_HEAP", "0")
+# Tests never write the user's cache (~/.cache/edgevision: weights, `list` counts).
+if "EDGEVISION_CACHE" not in os.environ:
+    os.environ["EDGEVISION_CACHE"] = tempfile.mkdtemp(prefix="edgevision-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["EDGEVISION_CACHE"], ignore_errors=True)
 
 # One torch thread per test worker: pytest-xdist runs one worker per core.
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -153,6 +153,16 @@ def test_trains_jointly_through_the_engine(tmp_path):
 
     meta = read_metadata(tmp_path / "run" / "model.safetensors")
     assert json.loads(meta["attributes"]) == {"bag": 0, "coat": 0, "sandal": 1, "sneaker": 1}
+    # edgevision eval reads the table saved with the weights, for both weight files
+    from edgevision.tasks.base import get_task
+
+    for weights in ("model.safetensors", "last.pth"):
+        res = get_task("attributes").evaluate_checkpoint("m_mobilenetv1_100", str(data), str(tmp_path / "run" / weights),
+                                                         str(tmp_path / f"eval_{weights}"), workers=0)
+        saved = json.loads(open(res["json"]).read())
+        assert saved["attributes"] == {"bag": 0, "coat": 0, "sandal": 1, "sneaker": 1}
+        assert 0.0 <= saved["attr_acc"] <= 100.0 and "attribute" in res["summary"]
+        assert saved["top1"] == pytest.approx(s["final_val_top1"], abs=1e-6) or weights == "last.pth"
 
 
 def test_engine_refuses_a_table_with_unknown_classes(tmp_path):

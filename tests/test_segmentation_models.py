@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import edgevision as ev
+from edgevision.registry import dense_backbones
 from edgevision.tasks.segmentation.models import HEADS
 
-BACKBONES = ev.list_models()
+BACKBONES = dense_backbones()
 FAST = ("mobilenetv3_large_100", "emo_1m")
 CASES = [pytest.param(h, b, id=f"{h}_{b}", marks=() if b in FAST else pytest.mark.slow)
          for b in BACKBONES for h in HEADS]

@@ -59,23 +59,30 @@ def zoo_rows(pattern: str = "*", family: str | None = None, size: int | None = N
     MACs are counted at ``size`` when given, else at the model's own input size; dense models
     (detection, segmentation) on their ``export_forward`` (backbone, neck, heads; no NMS).
     """
+    from edgevision.profiling.count_cache import cached_counts
+
     rows = []
     for name in list_models(pattern, family=family, task=task):
         info = model_info(name)
-        model = _meta_model(name)
         if info.task == "sequence":  # a sensor window (channels, steps); --size sets the steps
-            c, t = info.input_size[0], size or info.input_size[-1]
-            shape, macs = [c, t], count_macs(model, (1, c, t), exact_shape=True)
+            shape = [info.input_size[0], size or info.input_size[-1]]
+            full = (1, *shape)
         else:
-            h, w = (size, size) if size else info.input_size[1:]
-            shape, macs = [h, w], count_macs(model, (1, 3, h, w))
+            shape = [size, size] if size else list(info.input_size[1:])
+            full = (1, 3, *shape)
+
+        def count(name=name, full=full):
+            model = _meta_model(name)
+            return count_params(model), count_macs(model, full, exact_shape=len(full) == 3)
+
+        params, macs = cached_counts(name, full, count)
         rows.append(
             dict(
                 name=name,
                 family=info.family,
                 task=info.task,
                 input_size=shape,
-                params=count_params(model),
+                params=params,
                 macs=macs,
                 published_params=info.published_params,
                 published_macs=info.published_macs,

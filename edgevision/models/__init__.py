@@ -14,6 +14,7 @@ _FAMILIES = [
     "efficientformer",
     "moat",
     "nasnet",
+    "netconfig",  # networks described as JSON (search results, recovered architectures)
 ]
 
 for _name in _FAMILIES:

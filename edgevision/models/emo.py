@@ -156,9 +156,11 @@ class IRMB(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, exp_ratio: float, norm: str, act: str, kernel: int,
                  downsample: bool, attn: bool, dim_head: int, window_mode: str = "strided",
-                 drop_path: float = 0.0, stride: int | None = None, dilation: int = 1):
+                 drop_path: float = 0.0, stride: int | None = None, dilation: int = 1,
+                 window: int = WINDOW):
         super().__init__()
         hidden = int(dim_in * exp_ratio)
+        self.window = window
         self.has_skip = not downsample and dim_in == dim_out
         self.attn = attn and not downsample
         self.window_mode = window_mode
@@ -178,12 +180,12 @@ class IRMB(nn.Module):
 
         No Python branch on sizes: padding and crop are by zero at multiples of 7, so traced and
         exported graphs keep them for every size (layers/shapes.py)."""
-        xp = pad_to_multiple(x, WINDOW)
-        qk = window_partition(self.qk(xp), WINDOW, self.window_mode)
-        tokens = window_partition(xp, WINDOW, self.window_mode)
+        xp = pad_to_multiple(x, self.window)
+        qk = window_partition(self.qk(xp), self.window, self.window_mode)
+        tokens = window_partition(xp, self.window, self.window_mode)
         q, k = qk.chunk(2, dim=-1)  # [q | k], as the qk conv lays them out
         out = multihead_attention(q, k, tokens, self.num_heads, self.scale)
-        out = window_unpartition(out, WINDOW, xp.shape[2], xp.shape[3], self.window_mode)
+        out = window_unpartition(out, self.window, xp.shape[2], xp.shape[3], self.window_mode)
         return crop_to(out, x.shape[2], x.shape[3])
 
     def forward(self, x):
@@ -208,6 +210,8 @@ class EMO(EdgeModel):
             raise ValueError(f"output_stride must be 8, 16 or 32; got {output_stride!r}")
         self.output_stride = output_stride
         depths, dims = cfg["depths"], cfg["dims"]
+        # Optional per-stage knobs (search spaces, net configs); the released variants use the defaults.
+        kernels, attn, window = cfg.get("kernels", KERNELS), cfg.get("attn", ATTN), cfg.get("window", WINDOW)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.num_features = dims[-1]
@@ -229,8 +233,8 @@ class EMO(EdgeModel):
             for j in range(depth):
                 first = j == 0  # downsampling block: no skip, no attention, doubled expansion
                 blocks.append(IRMB(
-                    dim_prev, dim, cfg["exp"][i] * (2 if first else 1), NORMS[i], ACTS[i], KERNELS[i],
-                    downsample=first, attn=ATTN[i], dim_head=cfg["dim_head"][i],
+                    dim_prev, dim, cfg["exp"][i] * (2 if first else 1), NORMS[i], ACTS[i], kernels[i],
+                    downsample=first, attn=attn[i], dim_head=cfg["dim_head"][i], window=window,
                     window_mode=window_mode, drop_path=dpr[n], stride=1 if keep and first else None,
                     dilation=block_dilation if first else dilation))
                 dim_prev, n = dim, n + 1

@@ -74,6 +74,28 @@ def evaluate_attributes(model, loader, device, num_classes: int, attr_table: tor
             "per_class_acc": (np.diag(cm) / np.maximum(cm.sum(1), 1) * 100).tolist(), "confusion": cm}
 
 
+def _saved_attributes(checkpoint) -> dict:
+    """{class: 0/1} stored with trained weights (safetensors metadata or last.pth's task_meta)."""
+    import json
+
+    from edgevision.checkpoints import read_metadata
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix == ".safetensors":
+        raw = read_metadata(path).get("attributes")
+        attrs = json.loads(raw) if raw else None
+    else:
+        from edgevision.training import checkpointing as ckpt
+
+        attrs = (ckpt.load_checkpoint(path).get("task_meta") or {}).get("attributes")
+    if not attrs:
+        raise ValueError(f"{checkpoint}: no attribute table stored with these weights (train them with "
+                         "`edgevision train m_mobilenet...`)")
+    return attrs
+
+
 class AttributeTask(ClassificationTask):
     name = "attributes"
     score_key = "val_top1"
@@ -140,6 +162,15 @@ class AttributeTask(ClassificationTask):
         return loss, stats
 
     def evaluate(self, run, model, loader) -> dict:
+        if getattr(self, "_eval_attrs", None) is not None:  # edgevision eval: the saved table
+            missing = [c for c in run.classes if c not in self._eval_attrs]
+            if missing:
+                raise ValueError(f"the checkpoint's attribute table has no entry for class(es) {', '.join(missing)}")
+            self.attr_values = [int(self._eval_attrs[c]) for c in run.classes]
+            self.attr_table = torch.tensor(self.attr_values, dtype=torch.long)
+            self._eval_metrics = evaluate_attributes(model, loader, run.device, run.num_classes,
+                                                     self.attr_table.to(run.device), run.amp_dtype, run.dist)
+            return self._eval_metrics
         return evaluate_attributes(model, loader, run.device, run.num_classes, self.attr_table.to(run.device),
                                    run.amp_dtype, run.dist)
 
@@ -176,6 +207,18 @@ class AttributeTask(ClassificationTask):
         return (f"val top-1 {summary['final_val_top1']:.2f}% (chance {summary['chance_top1']:.0f}%), attribute "
                 f"{summary['final_val_attr_acc']:.2f}% (table at prediction {summary['final_val_attr_table_acc']:.2f}%)")
 
-    def evaluate_checkpoint(self, *args, **kwargs):
-        raise NotImplementedError("edgevision eval does not support the attributes task yet; the training run's "
-                                  "summary.json holds both accuracies")
+    # ---- edgevision eval: the classifier's evaluation, with the table the weights were trained with
+    def evaluate_checkpoint(self, model_name, data, checkpoint, output=None, **options) -> dict:
+        from edgevision.io import atomic_write_text
+        from edgevision.jsonout import to_json
+
+        self._eval_attrs = _saved_attributes(checkpoint)
+        result = super().evaluate_checkpoint(model_name, data, checkpoint, output, **options)
+        m = self._eval_metrics
+        result.update(attr_acc=m["attr_acc"], attr_table_acc=m["attr_table_acc"],
+                      attributes=dict(zip(result["classes"], self.attr_values)))
+        saved = {k: v for k, v in result.items() if k not in ("json", "summary", "per_class")}
+        atomic_write_text(Path(result["json"]), to_json(saved, indent=1))
+        result["summary"] += (f", attribute {m['attr_acc']:.2f}% (table at prediction "
+                              f"{m['attr_table_acc']:.2f}%)")
+        return result

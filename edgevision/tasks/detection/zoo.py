@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from edgevision.registry import list_models, model_info, register_model
+from edgevision.registry import dense_backbones, model_info, register_model
 from edgevision.tasks.detection.mnv3_ssdlite import (
     convert_torchvision,
     ssdlite320_mobilenetv3_large,
@@ -38,7 +38,7 @@ def _builder(fn, backbone: str, name: str):
 
 
 def _register_all() -> None:
-    for bb in list_models():  # classification backbones
+    for bb in dense_backbones():  # classification backbones
         family = model_info(bb).family
         name = f"ssdlite_{bb}"
         params, macs = SSDLITE_PUBLISHED.get(bb, (None, None))
@@ -50,7 +50,7 @@ def _register_all() -> None:
             source = "MobileNetV2 paper Table 6 (SSDLite, 320x320)"
         register_model(family, name=name, task="detection", params=params, macs=macs, paper=paper,
                        source=source, input_size=(3, 320, 320),
-                       cfg=dict(_COCO, published_num_classes=81 if bb.startswith("emo") else 91),
+                       cfg=dict(_COCO, published_num_classes=81 if bb.startswith("emo") else 91, backbone=bb),
                        notes="SSDLite (EMO/mmdet configuration) over the stride-16/32 maps of "
                              f"{bb}; MACs of export_forward (backbone, neck, heads; no NMS)")(
             _builder(ssdlite, bb, name))
@@ -61,7 +61,7 @@ def _register_all() -> None:
                        paper=_EMO if params else "",
                        source=_EMO_SRC + ", RetinaNet 1x; MACs by mmdet get_flops at 1333x800 (padded to 1344x800)"
                        if params else "",
-                       input_size=(3, *MMDET_COUNT_SIZE), cfg=dict(_COCO, published_num_classes=80),
+                       input_size=(3, *MMDET_COUNT_SIZE), cfg=dict(_COCO, published_num_classes=80, backbone=bb),
                        notes="RetinaNet + FPN (EMO/mmdet configuration) over the stride-8/16/32 maps of "
                              f"{bb}; input_size is mmdet's counting size (images resize to 800/1333)")(
             _builder(retinanet, bb, name))
@@ -75,7 +75,8 @@ register_model(
     paper="Searching for MobileNetV3 (ICCV 2019)",
     source="torchvision SSDLite320_MobileNet_V3_Large_Weights.COCO_V1 meta (num_params, _ops)",
     converters={"torchvision": convert_torchvision},
-    cfg=dict(_COCO, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), published_num_classes=91),
+    cfg=dict(_COCO, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), published_num_classes=91,
+             backbone="mobilenetv3_large_100"),
     notes="torchvision's ssdlite320_mobilenet_v3_large (reduced-tail backbone, C4 at the expansion "
           "layer); torchvision state dicts load through checkpoint=",
 )(ssdlite320_mobilenetv3_large)

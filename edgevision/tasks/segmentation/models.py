@@ -36,7 +36,7 @@ from torchvision.models.segmentation.lraspp import LRASPP
 
 import edgevision.models  # noqa: F401  (the backbones must be registered first)
 from edgevision.models.base import check_input_shape, check_num_classes
-from edgevision.registry import list_models, model_info, register_model
+from edgevision.registry import dense_backbones, model_info, register_model
 from edgevision.tasks.segmentation import heads as H
 from edgevision.tasks.segmentation.backbones import (
     build_backbone,
@@ -208,7 +208,7 @@ def _register(head: str, backbone: str) -> None:
 @functools.lru_cache(maxsize=1)
 def register_all() -> tuple[str, ...]:
     names = []
-    for backbone in list_models(task="classification"):
+    for backbone in dense_backbones():
         for head in HEADS:
             _register(head, backbone)
             names.append(f"{head}_{backbone}")
