@@ -30,6 +30,10 @@ def main(argv=None):
                                       "0.9:unstructured,0.5:4x1,0.7:4x1")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--img-size", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="learning rate (default: the demo recipe's 4e-3, which is high for a pruned fine-tune)")
+    ap.add_argument("--prune-end", type=float, default=0.5,
+                    help="fraction of the epochs over which sparsity ramps up (cubic), the rest fine-tunes at it")
     ap.add_argument("--output", default="benchmarks/results/sparse_accuracy.md")
     args = ap.parse_args(argv)
     out = Path(args.output)
@@ -38,7 +42,8 @@ def main(argv=None):
     lines = [f"Command: `nice -n 10 .venv/bin/python {cmd}`", "",
              f"{args.model} ({'pretrained Lite0 weights' if ckpt else 'from scratch: no offline weights'}), "
              f"recipe demo (bundled Fashion-MNIST sample, {args.img_size} px, {args.epochs} epochs, 1 thread), "
-             "pruning through the engine hook (cubic schedule from epoch 0 to epochs/2, layer scope). "
+             f"lr {args.lr or 'of the recipe'}, pruning through the engine hook (cubic schedule from epoch 0 to "
+             f"{args.prune_end:g} x epochs, layer scope). "
              "Top-1 on the sample's held-out split at the last epoch.", "",
              "| sparsity | pattern | top-1 (%) | Δ vs dense (points) | measured sparsity of pruned layers | minutes |",
              "|---|---|---|---|---|---|"]
@@ -51,7 +56,9 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = dict(model=args.model, recipe="demo", output=tmp, checkpoint=ckpt, epochs=args.epochs,
                        img_size=args.img_size, progress=False, sparsity=s, prune_start=0.0,
-                       prune_end=args.epochs / 2, prune_pattern=pattern)
+                       prune_end=args.epochs * args.prune_end, prune_pattern=pattern)
+            if args.lr is not None:
+                cfg["lr"] = args.lr
             summary = train(cfg)
             import torch
 

@@ -21,7 +21,7 @@ NAMES = ev.list_models()
 # One variant per family for the checks that run the network (the rest only build).
 SMALLEST = ["edgevit_xxs", "efficientformer_l1", "efficientnet_lite0", "emo_1m", "mnasnet_100",
             "mobilenetv1_100", "mobilenetv2_035", "mobilenetv3_small_075", "nasnet_a_mobile",
-            "semnasnet_100", "tiny_moat_0"]
+            "semnasnet_100", "tiny_moat_0", "secure_mobilenetv1_100", "searched_mnasnet_t1"]
 SIZE = 64
 
 

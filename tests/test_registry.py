@@ -14,7 +14,8 @@ def test_every_model_builds_on_meta_and_carries_metadata():
     for name in names:
         info = ev.model_info(name)
         assert info.family and info.paper, name
-        assert info.published_params and info.published_source, name
+        # networks defined by a net config (search results) have no published figures
+        assert (info.published_params and info.published_source) or info.family == "netconfig", name
         with torch.device("meta"):
             model = ev.create_model(name)
         # our families subclass EdgeModel; the mobile CNNs are timm's own networks

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Module name per subcommand group, in help order.
-_COMMAND_MODULES = ["models", "fetch", "predict", "bench", "export", "train", "evaluate", "demo"]
+_COMMAND_MODULES = ["models", "fetch", "predict", "bench", "export", "train", "evaluate", "latency", "search", "leak", "demo"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -59,7 +59,8 @@ def add_parser(sub) -> None:
     g.add_argument("--scan", choices=["auto", "full", "header"],
                    help="check images at start: full decode, headers only, auto (full up to 50k files)")
     g = p.add_argument_group("fine-tuning and runs")
-    g.add_argument("--checkpoint", help="pretrained weights: all but the classifier are loaded, new head")
+    g.add_argument("--checkpoint", help="pretrained weights: all but the classifier are loaded, new head; for a detector/"
+                   "segmenter, a classifier checkpoint of its backbone (heads start fresh)")
     g.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
     g.add_argument("--head-width-scale", type=float_range(0.0, 4.0, lo_open=True),
                    help="re-initialise a narrower pre-logits layer, e.g. 0.5 (MobileNetV3's conv_head)")

@@ -14,6 +14,7 @@ _FAMILIES = [
     "efficientformer",
     "moat",
     "nasnet",
+    "secure_mobilenet",  # DeepPeep's Secure MobileNet-V1 (issue 16 defences)
     "netconfig",  # networks described as JSON (search results, recovered architectures)
 ]
 

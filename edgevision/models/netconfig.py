@@ -182,6 +182,8 @@ def build_from_config(cfg, num_classes: int | None = None, in_chans: int | None 
         if kwargs:
             raise TypeError(f"{cfg['family']} net configs got unexpected arguments: {sorted(kwargs)}")
         model = _build_timm(cfg, num_classes, in_chans, drop_rate, drop_path_rate)
+        # What timm's registered models carry: where the first conv and the classifier are.
+        model.pretrained_cfg = {"first_conv": "conv_stem", "classifier": "classifier"}
     model.net_config = cfg
     return model
 
@@ -236,7 +238,9 @@ def register_config_dir(directory: Path) -> list[str]:
         def builder(_cfg=cfg, **kwargs):
             return build_from_config(_cfg, **kwargs)
 
-        register_model("netconfig", name=name, notes=cfg.get("notes", f"net config {path.name}"),
+        # No paper and no published counts: where the network comes from is its paper line.
+        register_model("netconfig", name=name, paper=cfg.get("notes") or f"net config {path.name}",
+                       notes=f"net config edgevision/models/configs/{path.name}",
                        cfg={"num_classes": cfg.get("num_classes", 1000)})(builder)
         names.append(name)
     return names

@@ -254,19 +254,130 @@ def load_trained(model_name: str, checkpoint: str, output: str | None = None, **
 
 
 class DenseTask(Task):
-    """Detection and segmentation: the model is trained from scratch at ``--img-size``, so the
-    classifier-only options are refused up front with one line."""
+    """Detection and segmentation: the model trains at ``--img-size``; ``--checkpoint`` initialises
+    its *backbone* from a classifier checkpoint of that backbone (the heads start fresh), and
+    ``--freeze-backbone`` is refused (a classifier option) with one line."""
 
-    #: the end of the refusal line for --checkpoint/--freeze-backbone
-    from_scratch = "trains its model from scratch"
+    #: the end of the refusal line for --freeze-backbone
+    from_scratch = "trains the whole model (--checkpoint initialises its backbone)"
+    #: set by build_model when --checkpoint gave the backbone: what weights_meta records
+    backbone_init: dict | None = None
 
     def build_model(self, run) -> nn.Module:
         from edgevision.factory import create_model
 
         cfg = run.cfg
-        for opt in ("checkpoint", "freeze_backbone"):
-            if getattr(cfg, opt):
-                raise ValueError(f"--{opt.replace('_', '-')} is for classifiers; {self.name} {self.from_scratch}")
+        if cfg.freeze_backbone:
+            raise ValueError(f"--freeze-backbone is for classifiers; {self.name} {self.from_scratch}")
         if cfg.mixup or cfg.cutmix:
             raise ValueError("--mixup/--cutmix apply to classification only")
-        return create_model(cfg.model, num_classes=run.num_classes, img_size=cfg.img_size)
+        model = create_model(cfg.model, num_classes=run.num_classes, img_size=cfg.img_size)
+        self.backbone_init = None
+        if cfg.checkpoint:
+            self.backbone_init = init_backbone(model, cfg.model, cfg.checkpoint)
+            info = self.backbone_init
+            run.log(f"backbone: {info['backbone']} initialised from {cfg.checkpoint} ({info['format']} format, "
+                    f"{info['tensors']} tensors; classifier and unused keys left out: {info['unused']}); "
+                    f"heads start fresh" + ("; backbone BatchNorm statistics frozen (norm_eval, as the "
+                                            "official configs)" if info["norm_eval"] else ""))
+        return model
+
+    def train_mode(self, run, net: nn.Module) -> None:
+        net.train()
+        if self.backbone_init and self.backbone_init["norm_eval"]:
+            freeze_backbone_bn_stats(getattr(net, "module", net))  # DDP wraps the model
+
+    def backbone_meta(self) -> dict:
+        """What weights_meta records about the backbone initialisation (empty when from scratch)."""
+        if not self.backbone_init:
+            return {}
+        return {"backbone": self.backbone_init["backbone"], "backbone_checkpoint": self.backbone_init["checkpoint"],
+                "backbone_checkpoint_format": self.backbone_init["format"]}
+
+
+# --------------------------------------------------------------------------- dense backbone init
+#: children of a dense model's ``backbone`` that belong to the neck (SSDLite extra layers, the
+#: RetinaNet FPN): they start fresh like the heads
+NECK_PARTS = ("extra", "fpn")
+#: families whose official downstream configs freeze the backbone's BN statistics when
+#: fine-tuning (``norm_eval=True`` in zhangzjn/EMO down-stream-tasks/mmdetection configs
+#: ssd_emo/ssdlite_emo_*_pretrain_coco.py and _base_/models/retinanet_emo_fpn.py)
+NORM_EVAL_FAMILIES = ("emo",)
+
+
+def backbone_name(model_name: str) -> str:
+    """The registry backbone a dense model is built on (its registered cfg ``backbone``)."""
+    from edgevision.registry import model_info
+
+    bb = model_info(model_name).cfg.get("backbone")
+    if not bb:
+        raise ValueError(f"{model_name} does not record its backbone (registry cfg 'backbone'), so "
+                         "--checkpoint cannot initialise it")
+    return bb
+
+
+def backbone_key_map(model: nn.Module) -> dict[str, str]:
+    """{dense model key: key of the backbone's classifier} for every backbone tensor of a dense model.
+
+    The wrappers differ per family but keep the classifier's names under a prefix: segmentation's
+    TimmBackbone holds timm's ``conv_stem/bn1/blocks`` directly, EdgeBackbone a FeatureNet
+    (``body.model.*``); detection's SSDLite/RetinaNet features hold the ``features_only`` net as
+    ``body`` (timm's FeatureListNet flattens ``blocks.N`` to ``blocks_N``), torchvision's
+    SSDLite320 layout holds ``conv_stem/bn1/blocks`` beside its ``extra`` layers.
+    """
+    import re
+
+    body = getattr(model, "backbone", None)
+    if not isinstance(body, nn.Module):
+        raise ValueError(f"{type(model).__name__} has no backbone module to initialise")
+    out = {}
+    for k in body.state_dict():
+        if k.split(".", 1)[0] in NECK_PARTS or k.endswith("num_batches_tracked"):
+            continue
+        ck = k
+        for prefix in ("body.", "model."):
+            ck = ck[len(prefix):] if ck.startswith(prefix) else ck
+        out[f"backbone.{k}"] = re.sub(r"^blocks_(\d+)\.", r"blocks.\1.", ck)
+    return out
+
+
+def init_backbone(model: nn.Module, model_name: str, checkpoint: str) -> dict:
+    """Load a classifier checkpoint of the dense model's backbone into its backbone, strictly.
+
+    The checkpoint is first loaded into a full classifier build of the backbone (our safetensors
+    or .pth, timm's, torchvision's or the family's official format, as ``--checkpoint`` of a
+    classifier; its classifier is left out), then every backbone tensor of the dense model is
+    copied from it; a missing or mis-shaped one raises CheckpointMismatchError listing them all.
+    Returns what was done (backbone, checkpoint, format, tensors, unused keys, norm_eval).
+    """
+    from edgevision.checkpoints import CheckpointMismatchError
+    from edgevision.factory import create_model
+    from edgevision.registry import model_info
+    from edgevision.tasks.classification import load_backbone
+
+    bb = backbone_name(model_name)
+    clf = create_model(bb)
+    fmt, _ = load_backbone(clf, bb, str(checkpoint))
+    src, own, pairs = clf.state_dict(), model.state_dict(), backbone_key_map(model)
+    missing = [f"{dk} (classifier key {ck})" for dk, ck in pairs.items() if ck not in src]
+    mism = [(dk, tuple(src[ck].shape), tuple(own[dk].shape)) for dk, ck in pairs.items()
+            if ck in src and src[ck].shape != own[dk].shape]
+    if missing or mism:
+        raise CheckpointMismatchError(missing, [], mism, f"{checkpoint} ({bb} classifier) -> {model_name} backbone")
+    model.load_state_dict({dk: src[ck] for dk, ck in pairs.items()}, strict=False)
+    used = set(pairs.values())
+    unused = sorted({k.rsplit(".", 1)[0] for k in src if k not in used and not k.endswith("num_batches_tracked")})
+    shown = ", ".join(unused[:6]) + (f", ... {len(unused) - 6} more" if len(unused) > 6 else "")
+    return {"backbone": bb, "checkpoint": str(checkpoint), "format": fmt, "tensors": len(pairs),
+            "unused": shown or "none", "norm_eval": model_info(bb).family in NORM_EVAL_FAMILIES}
+
+
+def freeze_backbone_bn_stats(model: nn.Module) -> None:
+    """BatchNorms of the backbone (not the neck or heads) in eval mode: running statistics stay
+    those of the checkpoint, affine parameters still train (mmdet/mmseg ``norm_eval=True``)."""
+    for name, part in model.backbone.named_children():
+        if name in NECK_PARTS:
+            continue
+        for m in part.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()

@@ -25,7 +25,6 @@ def split_records(records: list, fraction: float, seed: int):
 
 class DetectionTask(DenseTask):
     name = "detection"
-    from_scratch = "trains its model from scratch (use a backbone checkpoint through create_model)"
     score_key = "val_map"
     bar_stats = ()
 
@@ -127,7 +126,7 @@ class DetectionTask(DenseTask):
 
     def weights_meta(self, run) -> dict:
         return {"task": self.name, "num_classes": run.num_classes, "classes": list(run.classes),
-                "category_ids": list(self.category_ids), "img_size": run.cfg.img_size}
+                "category_ids": list(self.category_ids), "img_size": run.cfg.img_size, **self.backbone_meta()}
 
     def summary_fields(self, run, last, best) -> dict:
         return {"final_val_map": last.get("val_map"), "final_val_map50": last.get("val_map50"),
