@@ -144,15 +144,10 @@ def _calibration(repeats: int) -> list[dict]:
 
 
 def _ort_session_options(ort, threads: int | None, profile_prefix: str):
-    """The settings of :func:`edgevision.profiling.runtimes.tuned_ort_session` plus profiling
-    (that function builds its options internally, so they are restated here)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.inter_op_num_threads = 1
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
+    """The settings of the timed ``onnxruntime`` runtime (tuned_ort_options), plus profiling."""
+    from edgevision.profiling.runtimes import tuned_ort_options
+
+    opts = tuned_ort_options(threads)
     opts.enable_profiling = True
     opts.profile_file_prefix = profile_prefix
     return opts

@@ -146,6 +146,22 @@ def _symbolic_batch(path) -> str | None:
     return dim[0].dim_param or None if len(dim) else None
 
 
+def tuned_ort_options(threads: int | None = None):
+    """The SessionOptions of :func:`tuned_ort_session` (why each is set: its docstring); also
+    used by callers that add to them (the leakage tracer turns profiling on)."""
+    ort = require("onnxruntime", "onnx", "the onnxruntime runtime")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = threads
+        if threads > 1:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # errors only
+    return opts
+
+
 def tuned_ort_session(path: str | Path, threads: int | None = None, batch: int | None = None):
     """The ONNX Runtime CPU session the ``onnxruntime`` runtimes time (fp32 and int8).
 
@@ -173,15 +189,7 @@ def tuned_ort_session(path: str | Path, threads: int | None = None, batch: int |
       a saved NCHWc graph is tied to this CPU's vector width, so it is not used.
     """
     ort = require("onnxruntime", "onnx", "the onnxruntime runtime")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.inter_op_num_threads = 1
-    if threads:
-        opts.intra_op_num_threads = threads
-        if threads > 1:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3  # errors only
+    opts = tuned_ort_options(threads)
     name = _symbolic_batch(path) if batch else None
     if name:
         opts.add_free_dimension_override_by_name(name, int(batch))
