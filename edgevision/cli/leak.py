@@ -79,6 +79,7 @@ def run_infer(args) -> int:
 def run_audit(args) -> int:
     from pathlib import Path
 
+    from edgevision.io import atomic_write_text
     from edgevision.leak import audit, latency_model
     from edgevision.leak.report import plot_trace, report_text
     from edgevision.leak.trace import save_trace
@@ -91,9 +92,9 @@ def run_audit(args) -> int:
     res = audit(args.model, size=args.size, runtime=args.runtime, lm=lm, repeats=args.repeats)
     out.mkdir(parents=True, exist_ok=True)
     text = report_text(res["model"], res)
-    (out / "report.txt").write_text(text + "\n")
+    atomic_write_text(out / "report.txt", text + "\n")
     save_trace(res["trace"], out / "trace.json")
-    (out / "audit.json").write_text(json.dumps({k: res[k] for k in ("model", "result", "scores")}, indent=1))
+    atomic_write_text(out / "audit.json", json.dumps({k: res[k] for k in ("model", "result", "scores")}, indent=1))
     plot_trace(res, out / "trace.png", title=f"{res['model']}: trace segmented into recovered blocks")
     try:
         save_config(res["result"]["config"], out / "net.json")

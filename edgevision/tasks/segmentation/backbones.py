@@ -20,7 +20,10 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn as nn
+from timm.models._features import FeatureInfo
+from timm.models.efficientnet import EfficientNet
 
+from edgevision.models.base import EdgeModel, FeatureNet
 from edgevision.registry import model_info
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -79,6 +82,8 @@ class TimmBackbone(Backbone):
         super().__init__()
         for name, child in net.named_children():  # conv_stem, bn1, [act1,] blocks: timm's keys
             setattr(self, name, child)
+            if name == "blocks":  # a classifier's head (conv_head, classifier) is not taken
+                break
         self.taps = {k: (s, len(net.blocks[s]) - 1 if b is None else b) for k, (s, b) in taps.items()}
         self.last_stage = max(s for s, _ in self.taps.values())
         self.output_stride = output_stride
@@ -161,20 +166,33 @@ def build_backbone(backbone: str, taps: dict[str, int | str], output_stride: int
     if info.builder.__module__ == _TIMM_MODULE:
         net = timm.create_model(backbone, pretrained=False, features_only=True, output_stride=output_stride,
                                 in_chans=in_chans, drop_path_rate=drop_path_rate)
-        fi = net.feature_info
-        modules, reductions, channels = fi.module_name(), fi.reduction(), fi.channels()  # 'blocks.N' per level
-        pos, levels = {}, {k: _level(reductions, t) for k, t in taps.items()}
-        for k, level in levels.items():
-            # a stage's blocks share its width and stride: the first block has the level's channels
-            first = torchvision_taps and level != len(modules) - 1
-            pos[k] = (int(modules[level].split(".")[1]), 0 if first else None)
-        if torchvision_taps:
-            dilate_stage_heads(net.blocks)
-        return TimmBackbone(net, pos, output_stride, {k: channels[i] for k, i in levels.items()},
-                            {k: reductions[i] for k, i in levels.items()})
+        return _timm_backbone(net, net.feature_info, taps, output_stride, torchvision_taps)
     from edgevision.factory import create_model
 
     extra = {} if output_stride == 32 else {"output_stride": output_stride}
-    net = create_model(backbone, features_only=True, in_chans=in_chans, drop_path_rate=drop_path_rate, **extra)
+    net = create_model(backbone, in_chans=in_chans, drop_path_rate=drop_path_rate, **extra)
+    if isinstance(net, EfficientNet):
+        # a network edgevision builds from timm's EfficientNet class (secure_mobilenetv1_100):
+        # its stem and blocks, tapped as timm's own (timm's feature wrapper renames the blocks)
+        fi = FeatureInfo(net.feature_info, tuple(range(len(net.feature_info))))
+        return _timm_backbone(net, fi, taps, output_stride, torchvision_taps)
+    if not isinstance(net, EdgeModel):
+        raise ValueError(f"{backbone!r} ({type(net).__name__}) is not a backbone the segmentation heads can tap")
+    net = FeatureNet(net)  # what create_model(features_only=True) gives, from the network just built
     reductions = net.feature_info.reduction()
     return EdgeBackbone(net, {k: _level(reductions, t) for k, t in taps.items()}, output_stride)
+
+
+def _timm_backbone(net: nn.Module, fi, taps: dict[str, int | str], output_stride: int,
+                   torchvision_taps: bool) -> TimmBackbone:
+    """A TimmBackbone over a timm EfficientNet-class network whose feature info is ``fi``."""
+    modules, reductions, channels = fi.module_name(), fi.reduction(), fi.channels()  # 'blocks.N' per level
+    pos, levels = {}, {k: _level(reductions, t) for k, t in taps.items()}
+    for k, level in levels.items():
+        # a stage's blocks share its width and stride: the first block has the level's channels
+        first = torchvision_taps and level != len(modules) - 1
+        pos[k] = (int(modules[level].split(".")[1]), 0 if first else None)
+    if torchvision_taps:
+        dilate_stage_heads(net.blocks)
+    return TimmBackbone(net, pos, output_stride, {k: channels[i] for k, i in levels.items()},
+                        {k: reductions[i] for k, i in levels.items()})
