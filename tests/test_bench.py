@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +185,21 @@ def test_latency_stats_and_memory():
 
 def test_check_output_dir_creates(tmp_path):
     assert check_output_dir(tmp_path / "a" / "b").is_dir()
+
+
+def test_bench_takes_a_net_config_file(tmp_path, capsys):
+    """A search result or a recovered architecture (a net config) is benchmarked by its path,
+    with the same counts as the registry network it was saved from."""
+    import edgevision.models.netconfig as netconfig
+
+    cfg = Path(netconfig.__file__).with_name("configs") / "searched_mnasnet_t1.json"
+    report = run_bench([str(cfg)], ["eager"], [1], size=64, threads=1, warmup=1, iters=2, output_dir=None,
+                       progress=False)
+    row, = report["results"]
+    import edgevision as ev
+
+    assert row["error"] is None and row["model"] == str(cfg)
+    assert row["params"] == sum(p.numel() for p in ev.create_model("searched_mnasnet_t1").parameters())
+    rc = cli_main(["bench", str(tmp_path / "missing.json"), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "missing.json" in err[0], err

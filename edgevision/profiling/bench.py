@@ -65,12 +65,11 @@ def _compile_modes() -> list[str]:
 def _validate(models, runtimes, batches, size, threads, warmup, iters, rounds, compile_mode,
               calibration):
     from edgevision.profiling.runtimes import RUNTIMES
-    from edgevision.registry import model_info
 
     if not models:
         raise ValueError("no models given; name some or use --all")
     for name in models:
-        model_info(name)  # raises UnknownModelError with suggestions
+        _model_info(name)  # raises UnknownModelError with suggestions, or names a bad config file
     if not runtimes:
         raise ValueError(f"no runtimes given; choose from: {', '.join(RUNTIMES)}")
     for r in runtimes:
@@ -116,6 +115,18 @@ def _bench_view(model: nn.Module, size: int, task: str = "classification") -> tu
     if hasattr(model, "export_output_names") and hasattr(model, "export_forward"):
         return _DenseBenchView(model).eval(), (3, *model.export_input_size)
     return model, (3, size, size)
+
+
+def _model_info(name: str):
+    """The registry entry of ``name``; a net config file (search results, ``leak infer``) is
+    benchmarked like the registry network it describes (its file is checked here)."""
+    from edgevision.models.netconfig import is_config_path, load_config
+    from edgevision.registry import model_info
+
+    if is_config_path(name):
+        load_config(name)  # a missing or invalid file fails now, before any timing
+        return model_info("net_config")
+    return model_info(name)
 
 
 def _normalization(name, model) -> dict:
@@ -195,7 +206,6 @@ def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224,
     from tqdm import tqdm
 
     from edgevision.factory import create_model
-    from edgevision.registry import model_info
 
     load_before = machine_info()["load_average_1_5_15"]
     rows = []
@@ -206,9 +216,10 @@ def run_bench(models, runtimes=("eager", "onnxruntime"), batches=(1,), size=224,
         for name in models:
             steps.set_postfix_str(f"{name} build")
             model = create_model(name, checkpoint=checkpoints.get(name)).eval()
-            model, sample = _bench_view(model, size, model_info(name).task)
+            info = _model_info(name)
+            model, sample = _bench_view(model, size, info.task)
             counts = dict(params=count_params(model), macs=count_macs(model, (1, *sample), exact_shape=True),
-                          published_top1=model_info(name).published_top1,
+                          published_top1=info.published_top1,
                           weights=str(checkpoints[name]) if name in checkpoints else "random")
             for batch in batches:
                 x = torch.randn(batch, *sample, generator=torch.Generator().manual_seed(0))
