@@ -178,7 +178,7 @@ def markdown(report: dict, texts: list[str]) -> str:
         *([report["settings"]["note"], ""] if report["settings"].get("note") else []),
         f"Machine: {report['machine']['cpu']}, {report['settings']['threads']} thread(s), "
         f"load average before/after {report['load_before']} / {report['machine']['load_average_1_5_15']} "
-        "(a shared 2-core machine: other jobs were running; timings, and so the attack's inputs, are noisy). "
+        "(a shared 2-core machine: timings, and so the attack's inputs, vary with what else runs on it). "
         f"Runtime: PyTorch eager on CPU, {report['settings']['size']}px, batch 1; each trace is "
         f"{report['settings']['repeats']} profiled runs (per-op 10th percentile used). Took {report['seconds']} s.",
         "",

@@ -8,6 +8,10 @@ half, the rest at the final sparsity), all other settings identical. Short sched
 point is the gap between dense and sparse at equal budget, not the best accuracy. Rows are
 appended to benchmarks/results/sparse_accuracy.md as runs finish.
 
+A run spec is SPARSITY:PATTERN, or SPARSITY:PATTERN:kd to distil from the dense run of the same
+invocation (`--teacher <its model.safetensors>`, alpha/temperature of --distill-*): the dense
+row must come first.
+
     nice -n 10 .venv/bin/python benchmarks/bench_sparse_accuracy.py
 """
 
@@ -34,6 +38,9 @@ def main(argv=None):
                     help="learning rate (default: the demo recipe's 4e-3, which is high for a pruned fine-tune)")
     ap.add_argument("--prune-end", type=float, default=0.5,
                     help="fraction of the epochs over which sparsity ramps up (cubic), the rest fine-tunes at it")
+    ap.add_argument("--scope", default="layer", choices=["layer", "global"], help="magnitude ranking per layer or global")
+    ap.add_argument("--distill-alpha", type=float, default=0.5)
+    ap.add_argument("--distill-temp", type=float, default=4.0)
     ap.add_argument("--output", default="benchmarks/results/sparse_accuracy.md")
     args = ap.parse_args(argv)
     out = Path(args.output)
@@ -43,25 +50,36 @@ def main(argv=None):
              f"{args.model} ({'pretrained Lite0 weights' if ckpt else 'from scratch: no offline weights'}), "
              f"recipe demo (bundled Fashion-MNIST sample, {args.img_size} px, {args.epochs} epochs, 1 thread), "
              f"lr {args.lr or 'of the recipe'}, pruning through the engine hook (cubic schedule from epoch 0 to "
-             f"{args.prune_end:g} x epochs, layer scope). "
+             f"{args.prune_end:g} x epochs, {args.scope} scope). "
+             f"':kd' rows distil from the dense row's weights (alpha {args.distill_alpha:g}, T {args.distill_temp:g}). "
              "Top-1 on the sample's held-out split at the last epoch.", "",
              "| sparsity | pattern | top-1 (%) | Δ vs dense (points) | measured sparsity of pruned layers | minutes |",
              "|---|---|---|---|---|---|"]
     out.write_text("\n".join(lines) + "\n")
     dense = None
+    keep = tempfile.TemporaryDirectory()  # the dense run's weights, teacher of the ':kd' rows
+    teacher = None
     for spec in args.runs.split(","):
-        s, pattern = spec.split(":")
-        s = float(s)
+        s, pattern, *kd = spec.split(":")
+        s, kd = float(s), kd == ["kd"]
+        if kd and teacher is None:
+            raise SystemExit(f"run {spec!r} distils from the dense run: put a 0:unstructured run before it")
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:
             cfg = dict(model=args.model, recipe="demo", output=tmp, checkpoint=ckpt, epochs=args.epochs,
                        img_size=args.img_size, progress=False, sparsity=s, prune_start=0.0,
-                       prune_end=args.epochs * args.prune_end, prune_pattern=pattern)
+                       prune_end=args.epochs * args.prune_end, prune_pattern=pattern, prune_scope=args.scope)
+            if kd:
+                cfg.update(teacher=teacher, distill_alpha=args.distill_alpha, distill_temp=args.distill_temp)
             if args.lr is not None:
                 cfg["lr"] = args.lr
             summary = train(cfg)
+            import shutil
+
             import torch
 
+            if s == 0 and not kd:
+                teacher = shutil.copy(summary["weights"], Path(keep.name) / "dense.safetensors")
             st = torch.load(Path(tmp) / "last.pth", weights_only=True)
         masks = {k: v for k, v in st["model"].items() if k.endswith("weight_mask")}
         total = sum(v.numel() for v in masks.values())
@@ -71,7 +89,8 @@ def main(argv=None):
         if s == 0:
             dense = top1
         delta = f"{top1 - dense:+.1f}" if dense is not None else "n/a"
-        row = f"| {s:.0%} | {pattern if s else 'dense'} | {top1:.1f} | {delta} | {measured:.3f} | {(time.time() - t0) / 60:.1f} |"
+        label = (pattern if s else "dense") + (" + distillation" if kd else "")
+        row = f"| {s:.0%} | {label} | {top1:.1f} | {delta} | {measured:.3f} | {(time.time() - t0) / 60:.1f} |"
         print(row, flush=True)
         with out.open("a") as f:
             f.write(row + "\n")

@@ -81,6 +81,12 @@ def add_parser(sub) -> None:
     g.add_argument("--prune-start", type=float_range(0.0, 1e6), help="epoch at which pruning starts (fractions allowed; default 0)")
     g.add_argument("--prune-end", type=float_range(0.0, 1e6), help="epoch at which the target sparsity is reached")
     g.add_argument("--prune-scope", choices=["layer", "global"], help="rank weights per layer or globally")
+    g.add_argument("--teacher", help="distil from this classifier's weights (trained on the same classes), "
+                   "e.g. the dense fine-tune's model.safetensors")
+    g.add_argument("--teacher-model", help="the teacher's registry name (default: --model)")
+    g.add_argument("--distill-alpha", type=float_range(0.0, 1.0, lo_open=True),
+                   help="weight of the teacher's soft term (default 0.5; the label term gets the rest)")
+    g.add_argument("--distill-temp", type=float_range(0.0, 100.0, lo_open=True), help="softmax temperature (default 4)")
     g.add_argument("--prune-pattern", help="unstructured (default) or a group pattern of edgevision.sparse")
     g.add_argument("--attributes", type=nonempty, help="M-MobileNet (m_mobilenet*): CSV with columns class,attribute "
                    "(0/1) for every class (default: DATA/attributes.csv)")

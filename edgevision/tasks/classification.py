@@ -236,6 +236,13 @@ class ClassificationTask(Task):
         if cfg.freeze_backbone:
             n = freeze_backbone(model, self.head_keys)
             run.log(f"fine-tune: backbone frozen, {n:,} trainable parameters")
+        self.teacher = None
+        if cfg.teacher:
+            from edgevision.training.distill import build_teacher
+
+            self.teacher = build_teacher(cfg, run.classes, run.device, cfg.channels_last)
+            run.log(f"distill: teacher {cfg.teacher_model or cfg.model} from {cfg.teacher}, "
+                    f"alpha {cfg.distill_alpha:g}, temperature {cfg.distill_temp:g}")
         return model
 
     def build_datasets(self, run, model):
@@ -283,6 +290,13 @@ class ClassificationTask(Task):
         soft, hard = targets
         logits = model(inputs)
         loss = self.loss_fn(logits, soft)
+        if getattr(self, "teacher", None) is not None:
+            from edgevision.training.distill import distill_loss
+
+            with torch.no_grad():
+                teacher_logits = self.teacher(inputs)
+            a = run.cfg.distill_alpha
+            loss = (1.0 - a) * loss + a * distill_loss(logits, teacher_logits, run.cfg.distill_temp)
         n = torch.tensor(float(hard.numel()), device=hard.device)
         return loss, {"n": n, "acc": 100.0 * (logits.detach().argmax(1) == hard).sum().double()}
 

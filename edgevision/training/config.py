@@ -64,6 +64,12 @@ class TrainConfig:
     prune_end: float | None = None  # None: the hook's default (e.g. the last epoch)
     prune_scope: str = "layer"  # layer | global
     prune_pattern: str = "unstructured"
+    # Knowledge distillation (classifiers; edgevision.training.distill): teacher weights, its
+    # registry name (default: --model), the soft term's weight and temperature (Hinton et al.).
+    teacher: str | None = None
+    teacher_model: str | None = None
+    distill_alpha: float = 0.5
+    distill_temp: float = 4.0
     # The "attributes" task (M-MobileNet): a class,attribute CSV; None = DATA/attributes.csv.
     attributes: str | None = None
 
@@ -111,5 +117,11 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--prune-end ({cfg.prune_end}) must not be before --prune-start ({cfg.prune_start})")
     if cfg.prune_scope not in ("layer", "global"):
         raise ValueError(f"--prune-scope must be layer or global; got {cfg.prune_scope!r}")
+    if cfg.teacher:
+        from edgevision.training.distill import check_distill_options
+
+        check_distill_options(cfg)
+    elif cfg.teacher_model:
+        raise ValueError("--teacher-model names the teacher's architecture; give its weights with --teacher")
     if cfg.tensorboard:
         check_tensorboard()
