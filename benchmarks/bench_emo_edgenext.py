@@ -12,13 +12,16 @@ when ``--official-repo`` points to a local checkout of zhangzjn/EMO).
     flock /tmp/timing.lock .venv/bin/python benchmarks/bench_emo_edgenext.py --official-repo ~/src/EMO
 
 Random weights (speed does not depend on them); the official model, when given, is built by
-its own code and its weights are loaded into ours through our checkpoint converter.
+its own code and its weights are loaded into ours through our checkpoint converter. The official
+code needs einops (`.venv/bin/pip install einops`); only its model/ folder is read (see
+_import_official_emo for how it is imported under a current timm).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import shlex
 import sys
@@ -63,6 +66,39 @@ def build(name: str) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False).eval()
 
 
+def _import_official_emo(root: Path):
+    """The official ``model/emo.py`` under a current timm.
+
+    The official package's ``__init__`` imports every model file of the repository (some need
+    timm < 0.9 and OpenCV); ``emo.py`` needs only ``basic_modules.py`` and the registry's
+    decorator. So those two files are loaded into a stand-in ``model`` package whose registry
+    returns the class unchanged, with timm 1.x's modules under the pre-0.9 names the files
+    import (same code, moved), and an empty ``cv2`` when OpenCV is absent (basic_modules imports
+    it; the EMO classes never call it). The network code itself runs unmodified."""
+    import types
+
+    for old, new in (("timm.models.efficientnet_blocks", "timm.models._efficientnet_blocks"),
+                     ("timm.models.efficientnet_builder", "timm.models._efficientnet_builder"),
+                     ("timm.models.layers.activations", "timm.layers.activations"),
+                     ("timm.models.layers.weight_init", "timm.layers.weight_init")):
+        try:
+            importlib.import_module(old)
+        except ImportError:
+            sys.modules[old] = importlib.import_module(new)
+    if importlib.util.find_spec("cv2") is None:
+        sys.modules["cv2"] = types.ModuleType("cv2")
+
+    class _Registry:
+        def register_module(self, fn, name=None):
+            return fn
+
+    pkg = types.ModuleType("model")
+    pkg.__path__ = [str(root / "model")]
+    pkg.MODEL = _Registry()
+    sys.modules["model"] = pkg
+    return importlib.import_module("model.emo")
+
+
 def load_official(repo: str, variant: str):
     """(official EMO model, our model with the official model's weights) from a local checkout."""
     from edgevision.models.emo import convert_official_checkpoint
@@ -70,9 +106,8 @@ def load_official(repo: str, variant: str):
     root = Path(repo).expanduser()
     if not (root / "model" / "emo.py").is_file():
         raise FileNotFoundError(f"--official-repo {root} has no model/emo.py; give a checkout of zhangzjn/EMO")
-    sys.path.insert(0, str(root))
     try:
-        module = importlib.import_module("model.emo")
+        module = _import_official_emo(root)
     except ImportError as e:
         raise ImportError(f"cannot import the official EMO code from {root}: {e} (its requirements: einops, timm)") \
             from None

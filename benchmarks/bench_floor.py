@@ -194,8 +194,8 @@ def to_markdown(report: dict) -> str:
           for r in report["runs"]], "",
         f"Machine: {report['machine']['cpu']}, {report['machine']['logical_cores']} logical cores; load average "
         f"(1/5/15 min) at start {report['load_start']}, at end {report['load_end']} (per run above). The machine is shared: "
-        "other jobs (other helpers' tests and training) were running, so absolute times are inflated and "
-        "noisy; ratios come from interleaved rounds (every runtime and the sgemm run in turn in each round). "
+        "when other jobs run, absolute times are inflated and noisy (compare each run's load); ratios come "
+        "from interleaved rounds (every runtime and the sgemm run in turn in each round). "
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['machine']['versions'].items() if v)}; "
         f"{report['machine']['time']}.", "",
         f"Settings: {s['threads']} thread(s), batch 1, each model's default size, random weights, "
@@ -285,7 +285,11 @@ def main(argv=None) -> int:
     p.add_argument("--update", action="store_true",
                    help="merge into an existing OUTPUT.json: this run's models replace their rows, others are "
                    "kept (to measure the zoo in several short runs, releasing the timing lock in between)")
+    p.add_argument("--rerender", action="store_true", help="only rewrite OUTPUT.md from OUTPUT.json (no timing)")
     args = p.parse_args(argv)
+    if args.rerender:
+        rerender(Path(args.output))
+        return 0
     q = args.quick
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 3)
     args.budget = args.budget if args.budget is not None else (4.0 if q else 20.0)
@@ -345,16 +349,35 @@ def main(argv=None) -> int:
         report["results"] = sorted(merged.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else 1e9)
         report["runs"] = old.get("runs", [dict(command=old["command"], load_start=old["load_start"],
                                                load_end=old["load_end"], time=old["machine"]["time"])])
-        report["load_start"] = old["load_start"]
     report.setdefault("runs", [])
     report["runs"].append(dict(command=command, load_start=load_start, load_end=report["load_end"], time=machine["time"],
                                models=models))
+    _drop_replaced_runs(report)
     ok = [r["sgemm_gflops"] for r in report["results"] if "sgemm_gflops" in r]
     report["sgemm_gflops_median_over_models"] = statistics.median(ok) if ok else None
     stem.with_suffix(".json").write_text(to_json(report, indent=2) + "\n")
     stem.with_suffix(".md").write_text(to_markdown(report))
     print(f"Results: {stem.with_suffix('.md')}, {stem.with_suffix('.json')}")
     return 0
+
+
+def _drop_replaced_runs(report: dict) -> None:
+    """Keep the runs some row of the table still comes from (a rerun with --update replaces
+    rows; a run none of whose rows is left is no longer what the table shows)."""
+    used = {r.get("time") for r in report["results"]}
+    report["runs"] = [r for r in report["runs"] if r["time"] in used]
+    if report["runs"]:
+        report["load_start"] = report["runs"][0]["load_start"]
+
+
+def rerender(stem: Path) -> None:
+    """Rewrite the Markdown from the JSON (no timing): after a change of the report's layout."""
+    from edgevision.jsonout import to_json
+
+    report = json.loads(stem.with_suffix(".json").read_text())
+    _drop_replaced_runs(report)
+    stem.with_suffix(".json").write_text(to_json(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(to_markdown(report))
 
 
 if __name__ == "__main__":
