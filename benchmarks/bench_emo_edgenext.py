@@ -221,8 +221,8 @@ def to_markdown(rep) -> str:
     L = ["# EMO vs EdgeNeXt on this CPU (the EMO paper's 2.16x claim)", "",
          f"Command: `{rep['command']}`", "",
          f"Machine: {m['cpu']}, {m['logical_cores']} logical cores; load average (1/5/15 min) at start "
-         f"{rep['load_start']}, at end {rep['load_end']}. Shared machine: other jobs were running, so absolute "
-         "times are inflated; every ratio compares runs made in the same interleaved rounds. "
+         f"{rep['load_start']}, at end {rep['load_end']}. Shared machine: when other jobs run, absolute "
+         "times are inflated (compare the load); every ratio compares runs made in the same interleaved rounds. "
          f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)}; {m['time']}.", "",
          f"Settings: {s['threads']} thread(s), {s['size']} px, random weights; per (pair, batch) every runtime of "
          f"both models is prepared, warmed up once, then timed in up to {s['rounds']} rounds in which each "
