@@ -168,6 +168,28 @@ def test_masks_in_state_dict_and_training_keeps_zeros():
         assert (mod.weight[mod.weight_mask] != 0).any()
 
 
+def test_pruned_weights_get_no_gradient_so_clipping_sees_only_kept_ones():
+    """A pruned weight's gradient is zero: it must not enter clip_grad_norm_'s global norm
+    (mid-training pruning with clipping stalled at chance when it did), and a deep copy of the
+    model (e.g. an EMA model) masks its gradients too; strip_masks removes the hook."""
+    m = prune(small_net(), 0.8)
+    x = torch.randn(2, 3, 8, 8)
+    m(x).square().sum().backward()
+    layers = masked_modules(m)
+    for mod in layers.values():
+        assert (mod.weight.grad[~mod.weight_mask] == 0).all()
+        assert (mod.weight.grad[mod.weight_mask] != 0).any()
+    # the same network without masked gradients: the pruned positions do carry gradient
+    plain = strip_masks(copy.deepcopy(m))
+    plain(x).square().sum().backward()
+    assert any((plain.get_submodule(n).weight.grad[~mod.weight_mask] != 0).any() for n, mod in layers.items())
+    twin = copy.deepcopy(m)
+    twin.zero_grad()
+    twin(x).square().sum().backward()
+    for n, mod in masked_modules(twin).items():
+        assert (mod.weight.grad[~mod.weight_mask] == 0).all(), n
+
+
 def test_mask_mismatch_is_one_clear_line():
     m = prune(small_net(), 0.5)
     sd = m.state_dict()
