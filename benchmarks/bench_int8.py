@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,23 +47,26 @@ from edgevision.export.quantize import (  # noqa: E402
 LATENCY_MODELS = ["efficientnet_lite0", "mobilenetv2_100", "mobilenetv3_large_100", "emo_1m"]
 
 
-def configs(best_method: str | None = None) -> list[Int8Config]:
-    """The table's rows: each adds (or swaps) one technique."""
+def configs(best: Int8Config | None = None) -> list[Int8Config]:
+    """The table's rows: each adds (or swaps) one technique. The second stage builds on ``best``,
+    the first-stage per-channel row with the lowest calibration error (calibration images only)."""
     rows = [
         Int8Config("minmax, per-tensor weights (baseline)", per_channel=False),
         Int8Config("minmax, per-tensor + CLE + bias corr.", per_channel=False, cle=True, bias_correction=True),
         Int8Config("minmax, per-channel", per_channel=True),
         Int8Config("minmax, per-channel, 8-bit weights (no reduce_range)", reduce_range=False),
+        Int8Config("minmax, per-channel, uint8 weights (u8u8 kernels, full 8 bits)", reduce_range=False,
+                   weight_type="uint8"),
         Int8Config("percentile 99.999, per-channel", method="percentile"),
         Int8Config("entropy, per-channel", method="entropy"),
     ]
-    if best_method:  # chosen on the calibration images only (lowest calibration output error)
+    if best is not None:
         rows += [
-            Int8Config(f"{best_method}, per-channel + bias corr.", method=best_method, bias_correction=True),
-            Int8Config(f"{best_method}, per-channel + bias corr. + mixed (top-4 fp32)", method=best_method,
-                       bias_correction=True, exclude_top_k=4),
-            Int8Config(f"{best_method}, per-channel + bias corr. + mixed (top-8 fp32)", method=best_method,
-                       bias_correction=True, exclude_top_k=8),
+            replace(best, name=f"{best.name} + bias corr.", bias_correction=True),
+            replace(best, name=f"{best.name} + bias corr. + mixed (top-4 fp32)", bias_correction=True,
+                    exclude_top_k=4),
+            replace(best, name=f"{best.name} + bias corr. + mixed (top-8 fp32)", bias_correction=True,
+                    exclude_top_k=8),
         ]
     return rows
 
@@ -112,6 +116,32 @@ def balanced_pick(labels: torch.Tensor, n: int, seed: int = 0) -> np.ndarray:
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * float((logits.argmax(-1) == labels).float().mean())
+
+
+# ----------------------------------------------------------------------------------- (c0) fragility
+@torch.no_grad()
+def weight_rounding_agreement(model: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """How far rounding the weights alone moves the predictions (torch, BN folded, float
+    activations): top-1 agreement with fp32 when every conv/linear weight is rounded to fp16, and
+    to ORT's per-channel int8 grid. An upper bound for int8 agreement that no activation range
+    choice can pass, and a measure of how ill-conditioned the fine-tuned network is."""
+    import copy
+
+    from edgevision.export.bias_correction import fake_quantize_weight
+    from edgevision.export.fuse import fuse_bn
+
+    ref = model(images).argmax(-1)
+    folded = fuse_bn(model, images[:1], inplace=False).eval()
+    out = {}
+    for label, fn in (("fp16 weights", lambda w: w.half().float()),
+                      ("int8 weights (per-channel, 8-bit), float activations",
+                       lambda w: fake_quantize_weight(w, per_channel=True, reduce_range=False))):
+        m = copy.deepcopy(folded)
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+                mod.weight.copy_(fn(mod.weight))
+        out[label] = float((m(images).argmax(-1) == ref).float().mean())
+    return out
 
 
 # ----------------------------------------------------------------------------------- (d) latency
@@ -185,6 +215,11 @@ def write_report(out: Path, cmd: str, meta: dict, rows: list[dict], lat: list[di
                  f"{r['drop_points']:+.2f} | {100 * r['agreement']:.1f}% | {r['calibration_error']:.2e} | "
                  f"{len(r['excluded'])} | {'yes' if r['meets_targets'] else 'no'} |")
     L += ["", f"Recommended (lowest calibration error): **{meta['recommended']}**.", ""]
+    L += ["## How much rounding the weights alone moves the predictions", "",
+          "Torch, BN folded, activations in float, held-out test images: an upper bound for the int8 "
+          "agreement above that no calibration choice can pass.", "",
+          "| weights | top-1 agreement with fp32 |", "|---|---|"]
+    L += [f"| {k} | {100 * v:.1f}% |" for k, v in meta["fragility"].items()] + [""]
     L += ["## Latency: int8 vs fp32 ONNX Runtime (batch 1, 1 thread, interleaved rounds, under /tmp/timing.lock)",
           "", "| model | fp32 ms | int8 ms | fp32/int8 | verdict |", "|---|---|---|---|---|"]
     for v in lat:
@@ -226,10 +261,13 @@ def main() -> int:
     check_disjoint(calib_files, te_files)  # files: by path and by content
     print(f"(b) calibration: {len(calib_files)} training images; evaluation: {len(te_files)} test images", flush=True)
 
+    fragility = weight_rounding_agreement(model, te_x)
+    for k, v in fragility.items():
+        print(f"(c0) {k}: top-1 agreement with fp32 {100 * v:.1f}%", flush=True)
     qdir = work / "quant"
     fp32_path = None
     rows, results, prepared = [], {}, {}
-    best_method = None
+    best = None
     todo = configs()
     i = 0
     while i < len(todo):
@@ -249,12 +287,10 @@ def main() -> int:
         rows.append(row)
         results[cfg.name] = res
         i += 1
-        if i == len(todo) and best_method is None:  # choose the calibration method on calibration data
-            per_channel = [r for r in rows if r["config"].split(",")[0] in ("minmax", "percentile 99.999", "entropy")
-                           and "per-channel" in r["config"] and "no reduce_range" not in r["config"]]
-            best = min(per_channel, key=lambda r: r["calibration_error"])
-            best_method = best["config"].split(",")[0].split()[0]
-            todo += configs(best_method)[len(todo):]
+        if i == len(todo) and best is None:  # choose the first-stage scheme on calibration data only
+            stage1 = [(r, c) for r, c in zip(rows, todo) if c.per_channel and not c.cle]
+            best = min(stage1, key=lambda rc: rc[0]["calibration_error"])[1]
+            todo += configs(best)[len(todo):]
     recommended = min(rows, key=lambda r: r["calibration_error"])
 
     lat = []
@@ -283,6 +319,7 @@ def main() -> int:
                 f"(reduce_range defaults to {not _cpu_has_vnni()}), onnxruntime "
                 f"{__import__('onnxruntime').__version__}, torch {torch.__version__}",
         recommended=recommended["config"],
+        fragility=fragility,
         timing_note="The machine is shared (2 cores, other helpers' jobs may have been running; load average "
                     f"{lat[0]['loadavg_before']:.1f} before timing); ratios are from one run, interleaved."
         if lat else "Latency not measured (--no-latency).",

@@ -8,9 +8,11 @@ half, the rest at the final sparsity), all other settings identical. Short sched
 point is the gap between dense and sparse at equal budget, not the best accuracy. Rows are
 appended to benchmarks/results/sparse_accuracy.md as runs finish.
 
-A run spec is SPARSITY:PATTERN, or SPARSITY:PATTERN:kd to distil from the dense run of the same
-invocation (`--teacher <its model.safetensors>`, alpha/temperature of --distill-*): the dense
-row must come first.
+A run spec is SPARSITY:PATTERN, optionally followed by flags: `:kd` distils from the dense run of
+the same invocation (`--teacher <its model.safetensors>`, alpha/temperature of --distill-*);
+`:fd` starts from the dense run's fine-tuned weights instead of the ImageNet ones (Zhu & Gupta's
+recipe: prune a trained network, so the sparse run gets the dense budget plus its own). Either
+flag needs the dense row first.
 
     nice -n 10 .venv/bin/python benchmarks/bench_sparse_accuracy.py
 """
@@ -51,7 +53,8 @@ def main(argv=None):
              f"recipe demo (bundled Fashion-MNIST sample, {args.img_size} px, {args.epochs} epochs, 1 thread), "
              f"lr {args.lr or 'of the recipe'}, pruning through the engine hook (cubic schedule from epoch 0 to "
              f"{args.prune_end:g} x epochs, {args.scope} scope). "
-             f"':kd' rows distil from the dense row's weights (alpha {args.distill_alpha:g}, T {args.distill_temp:g}). "
+             f"':kd' rows distil from the dense row's weights (alpha {args.distill_alpha:g}, T {args.distill_temp:g}); "
+             "'from the dense fine-tune' rows start from the dense row's weights (their budget adds to it). "
              "Top-1 on the sample's held-out split at the last epoch.", "",
              "| sparsity | pattern | top-1 (%) | Δ vs dense (points) | measured sparsity of pruned layers | minutes |",
              "|---|---|---|---|---|---|"]
@@ -60,13 +63,17 @@ def main(argv=None):
     keep = tempfile.TemporaryDirectory()  # the dense run's weights, teacher of the ':kd' rows
     teacher = None
     for spec in args.runs.split(","):
-        s, pattern, *kd = spec.split(":")
-        s, kd = float(s), kd == ["kd"]
-        if kd and teacher is None:
-            raise SystemExit(f"run {spec!r} distils from the dense run: put a 0:unstructured run before it")
+        s, pattern, *flags = spec.split(":")
+        unknown = set(flags) - {"kd", "fd"}
+        if unknown:
+            raise SystemExit(f"run {spec!r}: unknown flag(s) {', '.join(sorted(unknown))}; known: kd, fd")
+        s, kd, fd = float(s), "kd" in flags, "fd" in flags
+        if (kd or fd) and teacher is None:
+            raise SystemExit(f"run {spec!r} needs the dense run's weights: put a 0:unstructured run before it")
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = dict(model=args.model, recipe="demo", output=tmp, checkpoint=ckpt, epochs=args.epochs,
+            cfg = dict(model=args.model, recipe="demo", output=tmp, checkpoint=teacher if fd else ckpt,
+                       epochs=args.epochs,
                        img_size=args.img_size, progress=False, sparsity=s, prune_start=0.0,
                        prune_end=args.epochs * args.prune_end, prune_pattern=pattern, prune_scope=args.scope)
             if kd:
@@ -78,7 +85,7 @@ def main(argv=None):
 
             import torch
 
-            if s == 0 and not kd:
+            if s == 0 and not (kd or fd):
                 teacher = shutil.copy(summary["weights"], Path(keep.name) / "dense.safetensors")
             st = torch.load(Path(tmp) / "last.pth", weights_only=True)
         masks = {k: v for k, v in st["model"].items() if k.endswith("weight_mask")}
@@ -89,7 +96,8 @@ def main(argv=None):
         if s == 0:
             dense = top1
         delta = f"{top1 - dense:+.1f}" if dense is not None else "n/a"
-        label = (pattern if s else "dense") + (" + distillation" if kd else "")
+        label = ((pattern if s else "dense") + (" + distillation" if kd else "")
+                 + (", from the dense fine-tune" if fd else ""))
         row = f"| {s:.0%} | {label} | {top1:.1f} | {delta} | {measured:.3f} | {(time.time() - t0) / 60:.1f} |"
         print(row, flush=True)
         with out.open("a") as f:

@@ -101,6 +101,37 @@ def test_fake_quantize_matches_ort_weight_grid():
     assert (q - w).abs().max() <= w.abs().max() / 127 / 2 + 1e-6
 
 
+@pytest.mark.parametrize("weight_type", ["int8", "uint8"])
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_fake_quantize_equals_the_weights_ort_writes(tmp_path, weight_type, reduce_range):
+    """Bias correction and sensitivity round weights as ORT will: compare with the dequantized
+    initializers of a real quantized file, per channel, for both weight types."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgevision.export.onnx import export_onnx
+    from edgevision.export.quantize import quantize_onnx_static
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(torch.linspace(0.1, 3, 5).view(-1, 1, 1, 1)).add_(0.05)  # skewed: zero point != 0
+    fp32 = export_onnx(model, tmp_path / "m.onnx", (1, 3, 8, 8))
+    int8 = quantize_onnx_static(fp32, tmp_path / "q.onnx", torch.randn(4, 3, 8, 8), batch=1,
+                                reduce_range=reduce_range, weight_type=weight_type)
+    init = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(int8)).graph.initializer}
+    dq = next(n for n in onnx.load(str(int8)).graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in init and init[n.input[0]].ndim == 4)
+    q, scale, zero = (torch.from_numpy(init[i].astype("float64")) for i in dq.input)
+    ort_w = ((q - zero.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1)).float()
+    ours = fake_quantize_weight(model[0].weight.detach(), per_channel=True, reduce_range=reduce_range,
+                                weight_type=weight_type)
+    torch.testing.assert_close(ours, ort_w, atol=1e-6, rtol=0)
+    assert init[dq.input[0]].dtype.name == weight_type
+    with pytest.raises(ValueError, match="weight_type"):
+        quantize_onnx_static(fp32, tmp_path / "x.onnx", torch.randn(1, 3, 8, 8), weight_type="int4")
+
+
 def test_overlapping_sets_are_refused(tmp_path):
     from PIL import Image
 

@@ -155,6 +155,14 @@ def test_finetune_new_head_frozen_backbone_and_resume_mismatch(tiny_data, tmp_pa
     frozen = [k for k in after if k not in head and not k.endswith("num_batches_tracked")]
     assert all(torch.equal(before[k], after[k]) for k in frozen)
     assert ft["num_classes"] == 3
+    # Same class count (a further fine-tune, pruning or distillation run): the classifier is kept.
+    from edgevision.tasks.classification import load_backbone
+
+    fresh_model = edgevision.create_model(MODEL, num_classes=10)
+    assert load_backbone(fresh_model, MODEL, base["weights"], keep_matching_head=True)[1] == set()
+    assert torch.equal(fresh_model.state_dict()["classifier.weight"], before["classifier.weight"])
+    fmt, fresh = load_backbone(edgevision.create_model(MODEL, num_classes=10), MODEL, base["weights"])
+    assert fresh == {"classifier.weight", "classifier.bias"}
     # Halved pre-logits head (1024 -> 512 for MobileNetV3): fine-tunes, and eval rebuilds it.
     half = train(_tiny(three, tmp_path / "half", epochs=1, checkpoint=base["weights"], batch_size=4,
                        head_width_scale=0.5))

@@ -22,11 +22,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def fake_quantize_weight(w: torch.Tensor, per_channel: bool = True, reduce_range: bool = False) -> torch.Tensor:
-    """ONNX Runtime's symmetric int8 weight rounding: range [-127, 127] ([-64, 64] reduced)."""
-    qmax = 64.0 if reduce_range else 127.0
+def fake_quantize_weight(w: torch.Tensor, per_channel: bool = True, reduce_range: bool = False,
+                         weight_type: str = "int8") -> torch.Tensor:
+    """ONNX Runtime's symmetric weight rounding (edgevision asks ORT for symmetric weights).
+    int8: scale = max|w| / 127 (/ 64 reduced), zero point 0. uint8: scale = 2 max|w| / 255
+    (/ 127 reduced), zero point 128 (64), codes clipped to uint8's [0, 255] only (ORT does not
+    clip reduced codes to 127: +max|w| lands on 128 there)."""
+    if weight_type not in ("int8", "uint8"):
+        raise ValueError(f"weight_type must be 'int8' or 'uint8'; got {weight_type!r}")
     absmax = w.abs().flatten(1).amax(1) if per_channel else w.abs().max().expand(w.shape[0])
-    scale = (absmax / qmax).clamp_min(torch.finfo(w.dtype).tiny).view(-1, *([1] * (w.dim() - 1)))
+    shape = (-1, *([1] * (w.dim() - 1)))
+    tiny = torch.finfo(w.dtype).tiny
+    if weight_type == "uint8":
+        qmax = 127.0 if reduce_range else 255.0
+        scale = (2 * absmax / qmax).clamp_min(tiny).view(shape)
+        zero = torch.round(torch.tensor(qmax / 2))  # half to even, as numpy rounds in ORT: 128, 64
+        return (torch.clamp(torch.round(w / scale) + zero, 0, 255) - zero) * scale
+    qmax = 64.0 if reduce_range else 127.0
+    scale = (absmax / qmax).clamp_min(tiny).view(shape)
     return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
 
 
@@ -63,7 +76,8 @@ def input_means(model: nn.Module, images: torch.Tensor, batch: int = 32) -> dict
 
 @torch.no_grad()
 def correct_bias(model: nn.Module, images: torch.Tensor, per_channel: bool = True, reduce_range: bool = False,
-                 inplace: bool = False, skip: set[str] | None = None) -> tuple[nn.Module, dict[str, float]]:
+                 inplace: bool = False, skip: set[str] | None = None,
+                 weight_type: str = "int8") -> tuple[nn.Module, dict[str, float]]:
     """Subtract the expected int8 weight-rounding shift from every Conv2d/Linear bias.
 
     ``images`` are calibration images (never the evaluation set). Returns (model, {layer:
@@ -79,7 +93,7 @@ def correct_bias(model: nn.Module, images: torch.Tensor, per_channel: bool = Tru
     for name, mod in _layers(model).items():
         if name not in means or (skip and name in skip):
             continue
-        eps = fake_quantize_weight(mod.weight, per_channel, reduce_range) - mod.weight
+        eps = fake_quantize_weight(mod.weight, per_channel, reduce_range, weight_type) - mod.weight
         if isinstance(mod, nn.Conv2d):
             # E[conv_eps(x)] = conv_eps(E[x]) at each position; averaged over positions.
             shift = F.conv2d(means[name][None], eps, None, mod.stride, mod.padding, mod.dilation,

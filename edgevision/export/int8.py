@@ -40,6 +40,7 @@ class Int8Config:
     exclude_top_k: int = 0  # mixed precision: this many most sensitive nodes stay fp32
     sensitivity: str = "weights"  # "weights" (torch, seconds) or "onnx" (re-quantize per node, minutes)
     reduce_range: bool | None = None  # None: on for x86 CPUs without VNNI (see quantize_onnx_static)
+    weight_type: str = "int8"  # "uint8": asymmetric weights, u8u8 kernels (no AVX2 saturation)
     calib_batch: int = 32
 
     def __post_init__(self):
@@ -49,6 +50,8 @@ class Int8Config:
             raise ValueError(f"method must be one of {', '.join(CALIBRATION_METHODS)}; got {self.method!r}")
         if self.sensitivity not in ("weights", "onnx"):
             raise ValueError(f"sensitivity must be 'weights' or 'onnx'; got {self.sensitivity!r}")
+        if self.weight_type not in ("int8", "uint8"):
+            raise ValueError(f"weight_type must be 'int8' or 'uint8'; got {self.weight_type!r}")
         if self.exclude_top_k < 0:
             raise ValueError(f"exclude_top_k must be >= 0; got {self.exclude_top_k}")
 
@@ -87,7 +90,7 @@ def prepare_float(model: nn.Module, calibration: torch.Tensor, config: Int8Confi
 
         rr = (not _cpu_has_vnni()) if config.reduce_range is None else config.reduce_range
         m, done = correct_bias(m, calibration, per_channel=config.per_channel, reduce_range=rr, inplace=True,
-                               skip=keep_fp32)
+                               skip=keep_fp32, weight_type=config.weight_type)
         info["bias_corrected_layers"] = len(done)
     return m.eval(), info
 
@@ -105,7 +108,8 @@ def layer_sensitivity(pre_path: Path, calibration: torch.Tensor, config: Int8Con
         path = quantize_onnx_static(pre_path, workdir / "sens.onnx", calibration, batch=config.calib_batch,
                                     reduce_range=config.reduce_range, per_channel=config.per_channel,
                                     method=config.method, percentile=config.percentile,
-                                    nodes_to_exclude=exclude, calibration_cache=cache, preprocess=False)
+                                    nodes_to_exclude=exclude, calibration_cache=cache, preprocess=False,
+                                    weight_type=config.weight_type)
         return output_error(ref, run_onnx(path, calibration))
 
     base = error([])
@@ -182,10 +186,10 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, evaluation: torc
 
         with torch.no_grad():
             folded, _ = prepare_float(model, calibration, replace(config, bias_correction=False))
-        layer_scores = weight_sensitivity(folded, sens, config.per_channel, rr)
+        layer_scores = weight_sensitivity(folded, sens, config.per_channel, rr, weight_type=config.weight_type)
         keep = [n for n, s in layer_scores[:config.exclude_top_k] if s > 0]
     key = (config.cle, config.relu6 if config.cle else None, config.bias_correction,
-           (config.per_channel, rr, tuple(keep)) if config.bias_correction else None)
+           (config.per_channel, rr, config.weight_type, tuple(keep)) if config.bias_correction else None)
     if prepared_cache is not None and key in prepared_cache:
         prepared, info, pre = prepared_cache[key]
         info = dict(info)
@@ -203,7 +207,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, evaluation: torc
         return quantize_onnx_static(pre, workdir / f"{slug}.int8.onnx", calibration, batch=config.calib_batch,
                                     reduce_range=config.reduce_range, per_channel=config.per_channel,
                                     method=config.method, percentile=config.percentile, nodes_to_exclude=exclude,
-                                    calibration_cache=cache, preprocess=False)
+                                    calibration_cache=cache, preprocess=False, weight_type=config.weight_type)
 
     int8 = quantize([])
     excluded: list[str] = []

@@ -116,6 +116,7 @@ def preprocess_onnx(fp32_path: str | Path, out: str | Path) -> Path:
 
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+WEIGHT_TYPES = ("int8", "uint8")  # symmetric int8 (u8s8 kernels) or asymmetric uint8 (u8u8)
 
 
 def _calibration_method(q, method: str):
@@ -129,7 +130,8 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: t
                          batch: int = 1, reduce_range: bool | None = None, per_channel: bool = True,
                          method: str = "minmax", percentile: float = 99.999,
                          nodes_to_exclude: list[str] | None = None,
-                         calibration_cache: str | Path | None = None, preprocess: bool = True) -> Path:
+                         calibration_cache: str | Path | None = None, preprocess: bool = True,
+                         weight_type: str = "int8") -> Path:
     """Static int8 ONNX (QDQ format, int8 weights, uint8 activations).
 
     Quantized: Conv, Gemm and MatMul, which carry the compute, and Clip/Relu, so that a
@@ -151,16 +153,22 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: t
     activation ranges; written on the first call and reused (then ``images`` may be None),
     so variants of one model (per-node exclusions) calibrate once. ``preprocess=False``: the
     file already went through :func:`preprocess_onnx` (node names then stay as given).
+    ``weight_type="uint8"``: asymmetric uint8 weights (ORT's u8u8 kernels), which do not
+    saturate on AVX2 without VNNI, so the full 8-bit weight range is usable there; give
+    ``reduce_range=False`` with it.
     """
     q = require("onnxruntime.quantization", "onnx", "ONNX Runtime int8 quantization")
     onnx = require("onnx", "onnx", "ONNX Runtime int8 quantization")
     from edgevision.io import atomic_write
 
     calib = _calibration_method(q, method)
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight_type must be one of {', '.join(WEIGHT_TYPES)}; got {weight_type!r}")
     int8_path = Path(int8_path)
     model = onnx.load(str(fp32_path))
     input_name = model.graph.input[0].name
     extra = {"CalibPercentile": float(percentile)} if method == "percentile" else {}
+    extra["WeightSymmetric"] = True  # also for uint8 (zero point 128): what fake_quantize_weight mirrors
     reader = None if images is None else _Reader(input_name, images, batch)
     with tempfile.TemporaryDirectory() as tmp:
         # Shape inference + graph cleanup first, as ORT recommends, so QDQ pairs land right.
@@ -170,7 +178,8 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, images: t
         atomic_write(int8_path, lambda part: q.quantize_static(
             str(pre), part, reader,
             quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8 if weight_type == "int8" else q.QuantType.QUInt8,
             reduce_range=(not _cpu_has_vnni()) if reduce_range is None else reduce_range,
             op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(nodes_to_exclude or []),
             calibrate_method=calib, extra_options=extra, **cache,

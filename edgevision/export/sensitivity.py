@@ -29,7 +29,8 @@ def _error(ref: torch.Tensor, got: torch.Tensor) -> float:
 
 @torch.no_grad()
 def weight_sensitivity(model: nn.Module, images: torch.Tensor, per_channel: bool = True,
-                       reduce_range: bool = False, batch: int = 64) -> list[tuple[str, float]]:
+                       reduce_range: bool = False, batch: int = 64,
+                       weight_type: str = "int8") -> list[tuple[str, float]]:
     """[(layer name, output error with only that layer's weights int8)], most sensitive first."""
     model = model.eval()
 
@@ -42,7 +43,7 @@ def weight_sensitivity(model: nn.Module, images: torch.Tensor, per_channel: bool
         if type(mod) not in (nn.Conv2d, nn.Linear):
             continue
         w = mod.weight.detach().clone()
-        mod.weight.copy_(fake_quantize_weight(w, per_channel, reduce_range))
+        mod.weight.copy_(fake_quantize_weight(w, per_channel, reduce_range, weight_type))
         try:
             scores.append((name, _error(ref, run())))
         finally:

@@ -33,8 +33,12 @@ def classifier_keys(model_name: str, model: nn.Module) -> set[str]:
     return set(model.state_dict()) - set(headless.state_dict())
 
 
-def load_backbone(model: nn.Module, model_name: str, path: str, head: set[str] | None = None):
+def load_backbone(model: nn.Module, model_name: str, path: str, head: set[str] | None = None,
+                  keep_matching_head: bool = False):
     """Load every pretrained key but the classifier (its class count differs); strict otherwise.
+    ``keep_matching_head``: load the classifier too when the checkpoint has one of exactly the
+    model's shapes (a checkpoint fine-tuned for the same number of classes, e.g. to prune or
+    distil it further), as timm's initial checkpoints do.
 
     Returns (detected format, classifier keys left at their fresh initialisation).
     """
@@ -47,17 +51,24 @@ def load_backbone(model: nn.Module, model_name: str, path: str, head: set[str] |
     best = None
     for fmt, fn in candidates:
         try:
-            conv = {k: v for k, v in fn(dict(sd)).items() if k not in head}
+            full = fn(dict(sd))
         except Exception:  # a converter for another layout rejects these keys
             continue
+        conv = {k: v for k, v in full.items() if k not in head}
         ign = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
         missing = [k for k in own if k not in conv and not ign(k)]
         unexpected = [k for k in conv if k not in own and not ign(k)]
         mism = [(k, tuple(conv[k].shape), tuple(own[k].shape)) for k in own
                 if k in conv and conv[k].shape != own[k].shape]
         if not (missing or unexpected or mism):
-            model.load_state_dict({k: v for k, v in conv.items() if k in own}, strict=False)
-            return fmt, head
+            load = {k: v for k, v in conv.items() if k in own}
+            mine = model.state_dict()
+            fresh = head
+            if keep_matching_head and head and all(k in full and full[k].shape == mine[k].shape for k in head):
+                load.update({k: full[k] for k in head})
+                fresh = set()
+            model.load_state_dict(load, strict=False)
+            return fmt, fresh
         size = len(missing) + len(unexpected) + len(mism)
         if best is None or size < best[0]:
             best = (size, fmt, missing, unexpected, mism)
@@ -230,9 +241,13 @@ class ClassificationTask(Task):
             self.head_keys |= classifier_keys(cfg.model, model)
             run.log(f"head: pre-logits width {model.head_hidden_size} ({cfg.head_width_scale:g}x)")
         if cfg.checkpoint:
-            fmt, _ = load_backbone(model, cfg.model, cfg.checkpoint, self.head_keys)
-            run.log(f"fine-tune: loaded {cfg.checkpoint} ({fmt} format) except the classifier "
-                    f"({', '.join(sorted(self.head_keys))}), new head for {run.num_classes} classes")
+            fmt, fresh = load_backbone(model, cfg.model, cfg.checkpoint, self.head_keys, keep_matching_head=True)
+            if fresh:
+                run.log(f"fine-tune: loaded {cfg.checkpoint} ({fmt} format) except the classifier "
+                        f"({', '.join(sorted(fresh))}), new head for {run.num_classes} classes")
+            else:
+                run.log(f"fine-tune: loaded {cfg.checkpoint} ({fmt} format) with its classifier: it has "
+                        f"{run.num_classes} outputs like this data set (check that the class order matches)")
         if cfg.freeze_backbone:
             n = freeze_backbone(model, self.head_keys)
             run.log(f"fine-tune: backbone frozen, {n:,} trainable parameters")
