@@ -91,6 +91,27 @@ def finetune(work: Path, epochs: int, img_size: int, lr: float) -> Path:
     return run
 
 
+def qat_finetune(work: Path, base: Path, epochs: int, img_size: int, lr: float, alpha: float, temp: float) -> Path:
+    """QAT from the fp32 fine-tune: weights trained through the int8 rounding (`train --qat int8`),
+    distilled from the fp32 model (`--teacher`, so training pulls toward agreeing with it) on the
+    training split only. Cached like (a)."""
+    run = work / f"lite0_fmnist_{img_size}_qat"
+    settings = dict(epochs=epochs, img_size=img_size, lr=lr, alpha=alpha, temp=temp, base=str(base))
+    stamp = run / "bench_settings.json"
+    if (run / "model.safetensors").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        print(f"(e) reusing the QAT checkpoint {run / 'model.safetensors'}")
+        return run
+    weights = str(base / "model.safetensors")
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "edgevision", "train", "efficientnet_lite0", "--recipe", "demo",
+           "--data", str(base / "data"), "--checkpoint", weights, "--qat", "int8", "--teacher", weights,
+           "--distill-alpha", str(alpha), "--distill-temp", str(temp), "--img-size", str(img_size),
+           "--epochs", str(epochs), "--lr", str(lr), "--no-resume", "--no-progress", "--output", str(run)]
+    print("(e) $", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    stamp.write_text(json.dumps(settings))
+    return run
+
+
 def load_split(root: Path, mean, std, size: int) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
     """Files, labels and the eval-transformed images of an ImageFolder split (the engine's eval transform)."""
     from edgevision.images import load_rgb
@@ -220,6 +241,17 @@ def write_report(out: Path, cmd: str, meta: dict, rows: list[dict], lat: list[di
           "agreement above that no calibration choice can pass.", "",
           "| weights | top-1 agreement with fp32 |", "|---|---|"]
     L += [f"| {k} | {100 * v:.1f}% |" for k, v in meta["fragility"].items()] + [""]
+    if meta.get("qat"):
+        L += ["## Quantization-aware training (weights), then int8", "",
+              f"Recipe: {meta['qat_recipe']}. Drop and agreement are against the fp32 model above (the one "
+              "int8 replaces); agreement with the QAT float weights is shown beside.", "",
+              "| configuration | QAT float top-1 | int8 top-1 | drop vs fp32 (points) | agreement with fp32 | "
+              "agreement with QAT float | meets targets |", "|---|---|---|---|---|---|---|"]
+        for r in meta["qat"]:
+            L.append(f"| {r['config']} | {r['qat_float_top1']:.2f} | {r['int8_top1']:.2f} | {r['drop_points']:+.2f} | "
+                     f"{100 * r['agreement_fp32']:.1f}% | {100 * r['agreement_qat_float']:.1f}% | "
+                     f"{'yes' if r['meets_targets'] else 'no'} |")
+        L.append("")
     L += ["## Latency: int8 vs fp32 ONNX Runtime (batch 1, 1 thread, interleaved rounds, under /tmp/timing.lock)",
           "", "| model | fp32 ms | int8 ms | fp32/int8 | verdict |", "|---|---|---|---|---|"]
     for v in lat:
@@ -241,6 +273,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--qat-epochs", type=int, default=3, help="QAT fine-tune from the fp32 one (0: skip)")
+    ap.add_argument("--qat-lr", type=float, default=2e-4)
+    ap.add_argument("--qat-alpha", type=float, default=1.0, help="weight of the fp32 teacher's soft term")
+    ap.add_argument("--qat-temp", type=float, default=2.0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "int8"))
     args = ap.parse_args()
     cmd = ".venv/bin/python " + shlex.join(["benchmarks/bench_int8.py", *sys.argv[1:]])
@@ -293,6 +329,26 @@ def main() -> int:
             todo += configs(best)[len(todo):]
     recommended = min(rows, key=lambda r: r["calibration_error"])
 
+    qat_rows = []
+    if args.qat_epochs:
+        fp32_logits = results["minmax, per-channel"].fp32_logits
+        qrun = qat_finetune(work, run, args.qat_epochs, args.img_size, args.qat_lr, args.qat_alpha, args.qat_temp)
+        qmodel = edgevision.create_model("efficientnet_lite0", num_classes=10,
+                                         checkpoint=str(qrun / "model.safetensors")).eval()
+        for cfg in (Int8Config("QAT + minmax, per-channel"),
+                    Int8Config("QAT + minmax, per-channel + bias corr.", bias_correction=True)):
+            res = quantize_model(qmodel, calib_x, te_x, cfg, work / "quant_qat", prepared_cache=None)
+            q_top1 = top1(res.int8_logits, te_labels)
+            row = dict(config=cfg.name, qat_float_top1=top1(res.fp32_logits, te_labels), int8_top1=q_top1,
+                       drop_points=top1(fp32_logits, te_labels) - q_top1,
+                       agreement_fp32=float((res.int8_logits.argmax(-1) == fp32_logits.argmax(-1)).float().mean()),
+                       agreement_qat_float=res.agreement, calibration_error=res.info["calibration_error"])
+            row["meets_targets"] = row["agreement_fp32"] >= 0.99 and row["drop_points"] <= 1.0
+            print(f"(e) {cfg.name}: int8 top-1 {q_top1:.2f}, agreement with the fp32 model "
+                  f"{100 * row['agreement_fp32']:.1f}%, with the QAT float weights "
+                  f"{100 * row['agreement_qat_float']:.1f}%", flush=True)
+            qat_rows.append(row)
+
     lat = []
     if not args.no_latency:
         rec = results[recommended["config"]]
@@ -319,7 +375,10 @@ def main() -> int:
                 f"(reduce_range defaults to {not _cpu_has_vnni()}), onnxruntime "
                 f"{__import__('onnxruntime').__version__}, torch {torch.__version__}",
         recommended=recommended["config"],
-        fragility=fragility,
+        fragility=fragility, qat=qat_rows,
+        qat_recipe=(f"`edgevision train --checkpoint <the fp32 fine-tune> --qat int8 --teacher <the same> "
+                    f"--distill-alpha {args.qat_alpha:g} --distill-temp {args.qat_temp:g} --epochs {args.qat_epochs} "
+                    f"--lr {args.qat_lr:g}` on the training split (teacher outputs on training images only)"),
         timing_note="The machine is shared (2 cores, other helpers' jobs may have been running; load average "
                     f"{lat[0]['loadavg_before']:.1f} before timing); ratios are from one run, interleaved."
         if lat else "Latency not measured (--no-latency).",

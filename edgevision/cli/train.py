@@ -87,6 +87,9 @@ def add_parser(sub) -> None:
     g.add_argument("--distill-alpha", type=float_range(0.0, 1.0, lo_open=True),
                    help="weight of the teacher's soft term (default 0.5; the label term gets the rest)")
     g.add_argument("--distill-temp", type=float_range(0.0, 100.0, lo_open=True), help="softmax temperature (default 4)")
+    g.add_argument("--qat", choices=["int8", "uint8"], help="quantization-aware training: convs and linears "
+                   "compute with their weights rounded as the int8 export will round them (per channel), "
+                   "gradients pass straight through; use the weights with `export --int8`")
     g.add_argument("--prune-pattern", help="unstructured (default) or a group pattern of edgevision.sparse")
     g.add_argument("--attributes", type=nonempty, help="M-MobileNet (m_mobilenet*): CSV with columns class,attribute "
                    "(0/1) for every class (default: DATA/attributes.csv)")

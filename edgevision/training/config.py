@@ -70,6 +70,8 @@ class TrainConfig:
     teacher_model: str | None = None
     distill_alpha: float = 0.5
     distill_temp: float = 4.0
+    # Quantization-aware training of the weights (edgevision.training.qat): "int8" or "uint8".
+    qat: str | None = None
     # The "attributes" task (M-MobileNet): a class,attribute CSV; None = DATA/attributes.csv.
     attributes: str | None = None
 
@@ -117,6 +119,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--prune-end ({cfg.prune_end}) must not be before --prune-start ({cfg.prune_start})")
     if cfg.prune_scope not in ("layer", "global"):
         raise ValueError(f"--prune-scope must be layer or global; got {cfg.prune_scope!r}")
+    if cfg.qat is not None and cfg.qat not in ("int8", "uint8"):
+        raise ValueError(f"--qat must be int8 or uint8 (the weight type the int8 export will use); got {cfg.qat!r}")
     if cfg.teacher:
         from edgevision.training.distill import check_distill_options
 

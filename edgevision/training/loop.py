@@ -164,6 +164,10 @@ def build_hooks(cfg: TrainConfig) -> list:
         except ImportError as e:
             raise ValueError(f"--sparsity needs edgevision.sparse.training, which is not available ({e})") from None
         hooks.append(make_pruning_hook(cfg))
+    if cfg.qat:
+        from edgevision.training.qat import QATHook
+
+        hooks.append(QATHook(cfg.qat))
     return hooks
 
 
