@@ -112,6 +112,26 @@ def qat_finetune(work: Path, base: Path, epochs: int, img_size: int, lr: float, 
     return run
 
 
+@torch.no_grad()
+def qat_student_agreement(fp32: torch.nn.Module, qat: torch.nn.Module, train_x: torch.Tensor,
+                          test_x: torch.Tensor) -> dict[str, float]:
+    """Top-1 agreement of the QAT network as trained (rounded weights, float activations) with
+    the fp32 teacher, on the training images it was distilled on and on the test images: how
+    well the student copies the teacher, before any int8 step."""
+    import copy
+
+    from edgevision.training.qat import prepare_qat
+
+    student = copy.deepcopy(qat).eval()
+    prepare_qat(student, "int8")
+    out = {}
+    for split, x in (("train", train_x), ("test", test_x)):
+        ref = torch.cat([fp32(x[i:i + 250]) for i in range(0, len(x), 250)]).argmax(-1)
+        got = torch.cat([student(x[i:i + 250]) for i in range(0, len(x), 250)]).argmax(-1)
+        out[split] = float((got == ref).float().mean())
+    return out
+
+
 def load_split(root: Path, mean, std, size: int) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
     """Files, labels and the eval-transformed images of an ImageFolder split (the engine's eval transform)."""
     from edgevision.images import load_rgb
@@ -251,7 +271,10 @@ def write_report(out: Path, cmd: str, meta: dict, rows: list[dict], lat: list[di
             L.append(f"| {r['config']} | {r['qat_float_top1']:.2f} | {r['int8_top1']:.2f} | {r['drop_points']:+.2f} | "
                      f"{100 * r['agreement_fp32']:.1f}% | {100 * r['agreement_qat_float']:.1f}% | "
                      f"{'yes' if r['meets_targets'] else 'no'} |")
-        L.append("")
+        c = meta["qat_copy"]
+        L += ["", f"The QAT network as trained (rounded weights, float activations) agrees with the fp32 teacher "
+              f"on {100 * c['train']:.1f}% of the training images it was distilled on and {100 * c['test']:.1f}% "
+              "of the test images.", ""]
     L += ["## Latency: int8 vs fp32 ONNX Runtime (batch 1, 1 thread, interleaved rounds, under /tmp/timing.lock)",
           "", "| model | fp32 ms | int8 ms | fp32/int8 | verdict |", "|---|---|---|---|---|"]
     for v in lat:
@@ -335,6 +358,8 @@ def main() -> int:
         qrun = qat_finetune(work, run, args.qat_epochs, args.img_size, args.qat_lr, args.qat_alpha, args.qat_temp)
         qmodel = edgevision.create_model("efficientnet_lite0", num_classes=10,
                                          checkpoint=str(qrun / "model.safetensors")).eval()
+        qat_copy = qat_student_agreement(model, qmodel, tr_x, te_x)
+        print(f"(e) QAT network (rounded weights, float activations) vs fp32: {qat_copy}", flush=True)
         for cfg in (Int8Config("QAT + minmax, per-channel"),
                     Int8Config("QAT + minmax, per-channel + bias corr.", bias_correction=True)):
             res = quantize_model(qmodel, calib_x, te_x, cfg, work / "quant_qat", prepared_cache=None)
@@ -375,7 +400,7 @@ def main() -> int:
                 f"(reduce_range defaults to {not _cpu_has_vnni()}), onnxruntime "
                 f"{__import__('onnxruntime').__version__}, torch {torch.__version__}",
         recommended=recommended["config"],
-        fragility=fragility, qat=qat_rows,
+        fragility=fragility, qat=qat_rows, qat_copy=qat_copy if args.qat_epochs else None,
         qat_recipe=(f"`edgevision train --checkpoint <the fp32 fine-tune> --qat int8 --teacher <the same> "
                     f"--distill-alpha {args.qat_alpha:g} --distill-temp {args.qat_temp:g} --epochs {args.qat_epochs} "
                     f"--lr {args.qat_lr:g}` on the training split (teacher outputs on training images only)"),
