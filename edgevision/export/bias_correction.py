@@ -28,8 +28,10 @@ def fake_quantize_weight(w: torch.Tensor, per_channel: bool = True, reduce_range
     int8: scale = max|w| / 127 (/ 64 reduced), zero point 0. uint8: scale = 2 max|w| / 255
     (/ 127 reduced), zero point 128 (64), codes clipped to uint8's [0, 255] only (ORT does not
     clip reduced codes to 127: +max|w| lands on 128 there)."""
-    if weight_type not in ("int8", "uint8"):
-        raise ValueError(f"weight_type must be 'int8' or 'uint8'; got {weight_type!r}")
+    from edgevision.export.quantize import WEIGHT_TYPES
+
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight_type must be one of {', '.join(WEIGHT_TYPES)}; got {weight_type!r}")
     absmax = w.abs().flatten(1).amax(1) if per_channel else w.abs().max().expand(w.shape[0])
     shape = (-1, *([1] * (w.dim() - 1)))
     tiny = torch.finfo(w.dtype).tiny

@@ -44,14 +44,14 @@ class Int8Config:
     calib_batch: int = 32
 
     def __post_init__(self):
-        from edgevision.export.quantize import CALIBRATION_METHODS
+        from edgevision.export.quantize import CALIBRATION_METHODS, WEIGHT_TYPES
 
         if self.method not in CALIBRATION_METHODS:
             raise ValueError(f"method must be one of {', '.join(CALIBRATION_METHODS)}; got {self.method!r}")
         if self.sensitivity not in ("weights", "onnx"):
             raise ValueError(f"sensitivity must be 'weights' or 'onnx'; got {self.sensitivity!r}")
-        if self.weight_type not in ("int8", "uint8"):
-            raise ValueError(f"weight_type must be 'int8' or 'uint8'; got {self.weight_type!r}")
+        if self.weight_type not in WEIGHT_TYPES:
+            raise ValueError(f"weight_type must be one of {', '.join(WEIGHT_TYPES)}; got {self.weight_type!r}")
         if self.exclude_top_k < 0:
             raise ValueError(f"exclude_top_k must be >= 0; got {self.exclude_top_k}")
 

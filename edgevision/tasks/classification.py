@@ -46,7 +46,8 @@ def load_backbone(model: nn.Module, model_name: str, path: str, head: set[str] |
 
     sd = read_state_dict(path)
     head = head if head is not None else classifier_keys(model_name, model)
-    own = {k: v for k, v in model.state_dict().items() if k not in head}
+    state = model.state_dict()
+    own = {k: v for k, v in state.items() if k not in head}
     candidates = [("edgevision", lambda d: d), *model_info(model_name).converters.items()]
     best = None
     for fmt, fn in candidates:
@@ -62,9 +63,8 @@ def load_backbone(model: nn.Module, model_name: str, path: str, head: set[str] |
                 if k in conv and conv[k].shape != own[k].shape]
         if not (missing or unexpected or mism):
             load = {k: v for k, v in conv.items() if k in own}
-            mine = model.state_dict()
             fresh = head
-            if keep_matching_head and head and all(k in full and full[k].shape == mine[k].shape for k in head):
+            if keep_matching_head and head and all(k in full and full[k].shape == state[k].shape for k in head):
                 load.update({k: full[k] for k in head})
                 fresh = set()
             model.load_state_dict(load, strict=False)

@@ -119,7 +119,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--prune-end ({cfg.prune_end}) must not be before --prune-start ({cfg.prune_start})")
     if cfg.prune_scope not in ("layer", "global"):
         raise ValueError(f"--prune-scope must be layer or global; got {cfg.prune_scope!r}")
-    if cfg.qat is not None and cfg.qat not in ("int8", "uint8"):
+    from edgevision.export.quantize import WEIGHT_TYPES
+
+    if cfg.qat is not None and cfg.qat not in WEIGHT_TYPES:
         raise ValueError(f"--qat must be int8 or uint8 (the weight type the int8 export will use); got {cfg.qat!r}")
     if cfg.teacher:
         from edgevision.training.distill import check_distill_options

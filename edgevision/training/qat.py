@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-QAT_TYPES = ("int8", "uint8")
+from edgevision.export.quantize import WEIGHT_TYPES
 
 
 def _ste(w: torch.Tensor, spec: tuple) -> torch.Tensor:
@@ -53,8 +53,8 @@ def prepare_qat(model: nn.Module, weight_type: str = "int8", per_channel: bool =
     (in place). ``reduce_range=None``: 7-bit int8 on x86 CPUs without VNNI, as the exporter
     does. Returns the names of the layers changed; subclasses (e.g. timm's same-padding conv)
     are left alone and not listed."""
-    if weight_type not in QAT_TYPES:
-        raise ValueError(f"--qat must be one of {', '.join(QAT_TYPES)}; got {weight_type!r}")
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"--qat must be one of {', '.join(WEIGHT_TYPES)}; got {weight_type!r}")
     if reduce_range is None:
         from edgevision.export.quantize import _cpu_has_vnni
 
@@ -82,22 +82,17 @@ def strip_qat(model: nn.Module) -> nn.Module:
     return model
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP, EMA wrappers
-        model = model.module
-    return model
-
-
 class QATHook:
     def __init__(self, weight_type: str):
-        if weight_type not in QAT_TYPES:
-            raise ValueError(f"--qat must be one of {', '.join(QAT_TYPES)}; got {weight_type!r}")
-        self.weight_type = weight_type
+        self.weight_type = weight_type  # checked by check_config and prepare_qat
 
     def on_model_built(self, run, model: nn.Module) -> None:
-        layers = prepare_qat(_unwrap(model), self.weight_type)
+        from edgevision.training.runtime import unwrap
+
+        model = unwrap(model)
+        layers = prepare_qat(model, self.weight_type)
         if not layers:
-            raise ValueError(f"--qat: {type(_unwrap(model)).__name__} has no Conv2d/Linear layers to train "
+            raise ValueError(f"--qat: {type(model).__name__} has no Conv2d/Linear layers to train "
                              "through int8 rounding")
         run.log(f"qat: {len(layers)} conv/linear layers train through {self.weight_type} weight rounding "
                 "(per channel, straight-through gradients; activations are calibrated after training)")
