@@ -2,9 +2,10 @@
 scored on the held-out registry zoo; and how useful the stolen architecture is (latency, params).
 
     flock /tmp/timing.lock .venv/bin/python benchmarks/bench_leakage.py [--fit-nets 40] [--repeats 15]
+        [--runtime eager|channels_last]
 
 Writes benchmarks/results/leakage.md, leakage.json, leakage_latency_model.json and a PNG of one
-segmented trace. The latency model is fitted on --fit-nets random nets (edgevision.leak.randnets,
+segmented trace (with --runtime channels_last: the same names with a _channels_last suffix). The latency model is fitted on --fit-nets random nets (edgevision.leak.randnets,
 seeds disjoint from the tests); no registry model is ever used for fitting.
 """
 
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--fit-nets", type=int, default=40)
     p.add_argument("--repeats", type=int, default=15, help="profiled runs per trace")
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--runtime", choices=["eager", "channels_last"], default="eager",
+                   help="the victim's PyTorch layout the observer profiles (NCHW eager or NHWC channels_last)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--latency-model", default=None, help="reuse a fitted model instead of fitting")
     p.add_argument("--iters", type=int, default=30, help="timed runs for the usefulness latency")
@@ -92,31 +95,34 @@ def main(argv=None) -> int:
     p.add_argument("--merge", action="store_true",
                    help="keep the rows (and ORT table) of results/leakage.json for models not rerun now")
     args = p.parse_args(argv)
+    suffix = "" if args.runtime == "eager" else f"_{args.runtime}"
+    res_json, res_md = OUT / f"leakage{suffix}.json", OUT / f"leakage{suffix}.md"
 
     from edgevision.leak import audit
     from edgevision.leak.infer import LatencyModel, fit_latency_model
-    from edgevision.leak.randnets import lab_traces
+    from edgevision.leak.randnets import lab_traces, shipped_model_name
     from edgevision.leak.report import plot_trace, report_text
     from edgevision.profiling.timing import machine_info
 
     t0 = time.time()
     load_before = machine_info()["load_average_1_5_15"]
-    lm_path = OUT / "leakage_latency_model.json"
+    lm_path = OUT / shipped_model_name(args.runtime)
     lm_plain = None
     if args.latency_model:
         lm = LatencyModel.load(args.latency_model)
     else:
-        samples = lab_traces(args.fit_nets, size=args.size, repeats=args.repeats, threads=args.threads,
+        samples = lab_traces(args.fit_nets, size=args.size, runtime=args.runtime, repeats=args.repeats,
+                             threads=args.threads,
                              seed=100_000, progress=lambda i, n: print(f"lab {i}/{n}", flush=True))
         meta = {"size": args.size, "cpu": machine_info()["cpu"], "seeds": [100_000, 100_000 + args.fit_nets - 1]}
-        lm = fit_latency_model(samples, "eager", meta=meta)
+        lm = fit_latency_model(samples, args.runtime, meta=meta)
         # The same lab traces without the load calibration: what the calibration is worth.
-        lm_plain = fit_latency_model(samples, "eager", meta=meta, calibrate=False)
+        lm_plain = fit_latency_model(samples, args.runtime, meta=meta, calibrate=False)
         lm.save(lm_path)
     rows, texts = [], []
     for name in [m for m in args.models.split(",") if m]:
         try:
-            res = audit(name, size=args.size, runtime="eager", lm=lm, repeats=args.repeats, threads=args.threads)
+            res = audit(name, size=args.size, runtime=args.runtime, lm=lm, repeats=args.repeats, threads=args.threads)
         except Exception as e:  # a model that cannot be traced is reported, not fatal
             rows.append({"model": name, "error": f"{type(e).__name__}: {e}"})
             continue
@@ -140,14 +146,16 @@ def main(argv=None) -> int:
         rows.append(row)
         texts.append(report_text(name, res))
         if name in ("mobilenetv3_large_100", "emo_1m"):
-            plot_trace(res, OUT / f"leakage_{name}.png", title=f"{name}: eager CPU trace segmented into recovered blocks")
+            plot_trace(res, OUT / f"leakage_{name}{suffix}.png",
+                       title=f"{name}: {args.runtime} CPU trace segmented into recovered blocks")
         print(f"{name}: {json.dumps({k: v for k, v in s.items() if not isinstance(v, list)})}", flush=True)
-    ort = _ort_visibility([r["model"] for r in rows if r.get("kind") == "cnn"], args.size) if args.ort else []
+    ort = (_ort_visibility([r["model"] for r in rows if r.get("kind") == "cnn"], args.size)
+           if args.ort and args.runtime == "eager" else [])
     info = machine_info()
     command = ("flock /tmp/timing.lock .venv/bin/python benchmarks/bench_leakage.py "
                + " ".join(argv if argv is not None else sys.argv[1:]))
-    if args.merge and (OUT / "leakage.json").exists():
-        old = json.loads((OUT / "leakage.json").read_text())
+    if args.merge and res_json.exists():
+        old = json.loads(res_json.read_text())
         new_names = {r["model"] for r in rows}
         rows = [r for r in old["rows"] if r["model"] not in new_names] + rows
         order = {n: i for i, n in enumerate(CNNS + HYBRIDS)}
@@ -159,10 +167,14 @@ def main(argv=None) -> int:
     report = {"ort": ort, "texts": texts, "command": command,
               "settings": vars(args), "latency_model": lm.meta, "machine": info, "load_before": load_before,
               "seconds": round(time.time() - t0), "rows": rows}
-    (OUT / "leakage.json").write_text(json.dumps(report, indent=1))
-    (OUT / "leakage.md").write_text(markdown(report, texts))
-    print(f"wrote {OUT / 'leakage.md'}")
+    res_json.write_text(json.dumps(report, indent=1))
+    res_md.write_text(markdown(report, texts))
+    print(f"wrote {res_md}")
     return 0
+
+
+_RUNTIME_WORDS = {"eager": "eager (NCHW, as the model comes)",
+                  "channels_last": "eager in channels_last (NHWC, the layout of edgevision.optimize; BN not folded)"}
 
 
 def markdown(report: dict, texts: list[str]) -> str:
@@ -179,12 +191,14 @@ def markdown(report: dict, texts: list[str]) -> str:
         f"Machine: {report['machine']['cpu']}, {report['settings']['threads']} thread(s), "
         f"load average before/after {report['load_before']} / {report['machine']['load_average_1_5_15']} "
         "(a shared 2-core machine: timings, and so the attack's inputs, vary with what else runs on it). "
-        f"Runtime: PyTorch eager on CPU, {report['settings']['size']}px, batch 1; each trace is "
+        f"Runtime: PyTorch {_RUNTIME_WORDS[report['settings'].get('runtime', 'eager')]} on CPU, "
+        f"{report['settings']['size']}px, batch 1; each trace is "
         f"{report['settings']['repeats']} profiled runs (per-op 10th percentile used). Took {report['seconds']} s.",
         "",
         "**Observer**: sees the op/kernel names a profiler prints and their durations; no module names, "
         "no shapes, no weights (see `edgevision/leak/trace.py`). **Honest evaluation**: the latency model "
-        f"(duration -> elements per op; kNN kernel/role classifiers) was fitted on {lm.get('n_nets')} random "
+        f"(duration -> elements per op; kNN depthwise/full classifier; per-kernel-size duration regressions, "
+        f"which pick the kernel size) was fitted on {lm.get('n_nets')} random "
         f"networks ({lm.get('n_convs')} convs, seeds {lm.get('seeds')}) and never on a registry model.",
         "",
         "## Held-out registry CNNs",

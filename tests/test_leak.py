@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgevision.leak.infer import KNN, LatencyModel, infer_architecture
+from edgevision.leak.infer import KNN, KernelRegressor, LatencyModel, infer_architecture
 from edgevision.leak.segment import blocks_of, layers_of, op_kind
 from edgevision.leak.trace import TraceError, load_trace, record_trace, validate_trace
 
@@ -60,10 +60,20 @@ def hand_latency_model():
     lin = {"x": xs, "y": [x + math.log(NS_PER_ELEMENT) for x in xs], "sd": 0.1}
     elem = {"bn": lin, "act:relu": lin, "act:hard_swish": lin}
     dw_x = [[math.log(k * k), 8.0, 0.0, 1.0, 5.0] for k in (3, 5, 7) for _ in range(3)]
-    dw_y = [k for k in (3, 5, 7) for _ in range(3)]
     full_x = [[math.log(4 * c), 8.0, 0.0, 0.0, 5.0] for c in (16, 64)]
     role = KNN(dw_x + full_x, ["dw"] * len(dw_x) + ["full"] * len(full_x), k=1)
-    return LatencyModel(elem, role, KNN(dw_x, dw_y, k=1), KNN(full_x, [1, 1], k=1), {"runtime": "eager"})
+    # Kernel regressors fitted on the hand machine's depthwise law t = k^2 n NS_PER_ELEMENT.
+    rows = [(k, n) for k in (3, 5, 7) for n in np.geomspace(1e3, 1e6, 10)]
+    k_dw = KernelRegressor.fit([_dw_features(k, n) for k, n in rows], [k for k, _ in rows])
+    k_full = KernelRegressor.fit([[0.0, math.log(n), 0.0, 0.0, math.log(64 * n * NS_PER_ELEMENT)]
+                                  for n in np.geomspace(1e3, 1e6, 10)], [1] * 10)
+    return LatencyModel(elem, role, k_dw, k_full, {"runtime": "eager"})
+
+
+def _dw_features(k, n, noise=0.0):
+    """conv_features of a depthwise conv of the hand machine (stride 1)."""
+    t = k * k * n * NS_PER_ELEMENT * math.exp(noise)
+    return [math.log(t / (n * NS_PER_ELEMENT)), math.log(n), 0.0, 1.0, math.log(t)]
 
 
 def test_op_kinds():
@@ -121,7 +131,7 @@ def test_config_round_trip(tmp_path):
 def test_latency_model_save_load(tmp_path):
     lm = hand_latency_model()
     lm2 = LatencyModel.load(lm.save(tmp_path / "lm.json"))
-    assert lm2.k_dw.predict([math.log(25), 8.0, 0.0, 1.0, 5.0]) == 5
+    assert lm2.k_dw.predict(_dw_features(5, 5e4)) == 5
     assert lm2.elements("bn", 2.0) == pytest.approx(2000, rel=0.01)
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a version"):
@@ -150,6 +160,38 @@ def test_observer_model_no_names_or_shapes(tmp_path):
     assert sum(op_kind(o["op"]) == "conv" for o in tr["ops"]) == sum(
         isinstance(m, nn.Conv2d) for m in _tiny_model().modules())
     assert load_trace(tmp_path / "t.json")["n_ops"] == len(tr["ops"])
+
+
+def test_channels_last_trace_leaves_the_model_alone():
+    """The channels_last observer runs an NHWC copy: same op sequence as eager, the caller's
+    model keeps its layout, and the CLI offers exactly the runtimes the tracer knows."""
+    from edgevision.cli.leak import RUNTIMES as CLI_RUNTIMES
+    from edgevision.leak.trace import RUNTIMES
+
+    model = _tiny_model()
+    eager = record_trace(model, size=SIZE, repeats=1, warmup=0)
+    cl = record_trace(model, size=SIZE, runtime="channels_last", repeats=1, warmup=0)
+    assert cl["runtime"] == "channels_last"
+    assert [op_kind(o["op"]) for o in cl["ops"]] == [op_kind(o["op"]) for o in eager["ops"]]
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert tuple(CLI_RUNTIMES) == tuple(RUNTIMES)
+
+
+def test_kernel_regressor_generalises_in_width():
+    """Kernel sizes from a duration law fitted on small convs hold for convs 2-5x larger
+    (wider than any it was fitted on); a class with too few rows is left out."""
+    rng = np.random.default_rng(0)
+    rows = [(k, n) for k in (3, 5, 7) for n in np.geomspace(1e3, 1e5, 20)]
+    reg = KernelRegressor.fit([_dw_features(k, n, rng.normal(0, 0.05)) for k, n in rows],
+                              [k for k, _ in rows])
+    for k in (3, 5, 7):
+        for n in (2e5, 5e5):
+            p = reg.proba(_dw_features(k, n))
+            assert max(p, key=p.get) == k and sum(p.values()) == pytest.approx(1.0)
+    few = KernelRegressor.fit([_dw_features(k, n) for k, n in rows] + [_dw_features(9, 1e4)] * 3,
+                              [k for k, _ in rows] + [9] * 3)
+    assert sorted(few.w) == [3, 5, 7]
+    assert KernelRegressor.from_json(json.loads(json.dumps(few.to_json()))).predict(_dw_features(5, 2e4)) == 5
 
 
 def test_bad_traces(tmp_path):

@@ -7,6 +7,9 @@ import sys
 
 from edgevision.cli._args import int_range, positive_int
 
+# edgevision.leak.trace.RUNTIMES, spelled out so `--help` does not import torch (a test checks they agree)
+RUNTIMES = ("eager", "channels_last", "onnxruntime")
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("leak", help="architecture-leakage audit: what a model's execution trace reveals",
@@ -16,7 +19,7 @@ def add_parser(sub) -> None:
 
     t = lsub.add_parser("trace", help="record the observer's trace of one inference (JSON)")
     t.add_argument("model", help="model name (see `edgevision list`) or a net-config .json")
-    t.add_argument("--runtime", choices=["eager", "onnxruntime"], default="eager")
+    t.add_argument("--runtime", choices=RUNTIMES, default="eager")
     t.add_argument("--size", type=int_range(8, 4096), default=224, help="input side in pixels (default 224)")
     t.add_argument("--repeats", type=positive_int, default=7, help="profiled runs (median kept; default 7)")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: CUDA kernel records (eager)")
@@ -33,7 +36,7 @@ def add_parser(sub) -> None:
 
     a = lsub.add_parser("audit", help="trace -> infer -> score, with a report and a PNG of the segmented trace")
     a.add_argument("model", help="model name or net-config .json")
-    a.add_argument("--runtime", choices=["eager", "onnxruntime"], default="eager")
+    a.add_argument("--runtime", choices=RUNTIMES, default="eager")
     a.add_argument("--size", type=int_range(8, 4096), default=224)
     a.add_argument("--repeats", type=positive_int, default=7)
     a.add_argument("--latency-model", default=None, help="fitted latency model (.json; default: cached/fitted)")

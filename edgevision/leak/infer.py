@@ -10,9 +10,13 @@ What is inferred, and from what (the observer sees op/kernel names and durations
   resolution (ratio < 0.5).
 - widths: channels = elements / (H*W), rounded to a multiple of 8 (every compact CNN here
   rounds channels with make_divisible(8)); expansion = mid channels / input channels.
-- kernel size and depthwise-vs-full: k-nearest-neighbours on duration features (conv time
-  relative to the BN that follows it, elements, resolution change, kernel name), trained on
-  the random networks' convs, whose true shapes the attacker knows.
+- depthwise-vs-full: k-nearest-neighbours on duration features (conv time relative to the BN
+  that follows it, elements, resolution change, kernel name), trained on the random networks'
+  convs, whose true shapes the attacker knows.
+- kernel size: per kernel size, a regression of the conv's log duration on its (estimated)
+  output elements and resolution change, fitted on the same random convs; the kernel whose
+  regression explains the observed duration best wins (Gaussian likelihood). A duration
+  model generalizes to widths the random nets did not have, where nearest neighbours do not.
 - block type: the segmentation's pattern (2 convs + projection: depthwise-separable; 3:
   inverted residual; SE pattern; attention ops), activation by name (relu/hardswish/... are
   distinct ops), family by where the head conv sits (after the pool: MobileNetV3 style).
@@ -30,7 +34,7 @@ import numpy as np
 from edgevision.leak.segment import blocks_of, layers_of, op_kind
 
 MODEL_FORMAT = "edgevision-leak-latency-model"
-MODEL_VERSION = 2
+MODEL_VERSION = 3
 _KNN_FEATURES = np.array([True, True, True, False, False])  # ratio, log n, resolution change (not name/raw t)
 _GRID = np.linspace(math.log(64), math.log(3e8), 2000)  # log elements searched when inverting
 _ACT_CODE = {"relu": "re", "relu6": "r6", "hard_swish": "hs", "swish": "sw", "gelu": "ge", "mish": "mi"}
@@ -81,11 +85,63 @@ class KNN:
         return cls(np.asarray(d["x"], dtype=float).reshape(-1, len(d["x"][0]) if d["x"] else 0), d["y"], d["k"])
 
 
+class KernelRegressor:
+    """Kernel size from a conv's duration: per class k, least squares of log t on
+    [1, log n, log n^2, log(n_in/n_out), log n * log(n_in/n_out)] (features of conv_features),
+    and the class probabilities from each fit's Gaussian residual, equal priors (JSON-able)."""
+
+    def __init__(self, w: dict, sd: dict):
+        self.w = {int(k): np.asarray(v, dtype=float) for k, v in w.items()}
+        self.sd = {int(k): float(v) for k, v in sd.items()}
+
+    @staticmethod
+    def design(f) -> np.ndarray:
+        f = np.atleast_2d(np.asarray(f, dtype=float))
+        n, st = f[:, 1], f[:, 2]
+        return np.stack([np.ones(len(f)), n, n * n, st, st * n], 1)
+
+    @classmethod
+    def fit(cls, x, y, min_rows: int = 8) -> "KernelRegressor":
+        x, y = np.asarray(x, dtype=float).reshape(len(y), -1), np.asarray(y)
+        w, sd = {}, {}
+        for k in sorted(set(y.tolist())):
+            m = y == k
+            if m.sum() < min_rows:
+                continue  # too few convs of this size to fit five coefficients
+            a = cls.design(x[m])
+            coef, *_ = np.linalg.lstsq(a, x[m, 4], rcond=None)
+            w[k], sd[k] = coef, float(np.std(x[m, 4] - a @ coef)) + 0.02
+        return cls(w, sd)
+
+    def proba(self, f) -> dict:
+        if not self.w:
+            return {}
+        f = np.asarray(f, dtype=float)
+        a = self.design(f)
+        ll = {k: -0.5 * (float(f[4] - (a @ w)[0]) / self.sd[k]) ** 2 - math.log(self.sd[k]) for k, w in self.w.items()}
+        top = max(ll.values())
+        p = {k: math.exp(v - top) for k, v in ll.items()}
+        total = sum(p.values())
+        return {k: v / total for k, v in p.items()}
+
+    def predict(self, f):
+        p = self.proba(f)
+        return max(p, key=p.get) if p else None
+
+    def to_json(self):
+        return {"w": {str(k): v.round(6).tolist() for k, v in self.w.items()},
+                "sd": {str(k): v for k, v in self.sd.items()}}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d["w"], d["sd"])
+
+
 class LatencyModel:
     """The machine's latency model: duration -> elements per elementwise op, and the conv
     classifiers (role: depthwise/full; kernel size per role). Fitted on random networks only."""
 
-    def __init__(self, elem: dict, role: KNN, k_dw: KNN, k_full: KNN, meta: dict):
+    def __init__(self, elem: dict, role: KNN, k_dw: KernelRegressor, k_full: KernelRegressor, meta: dict):
         self.elem, self.role, self.k_dw, self.k_full, self.meta = elem, role, k_dw, k_full, meta
 
     @property
@@ -122,7 +178,8 @@ class LatencyModel:
                              "benchmarks/bench_leakage.py or `edgevision leak audit`") from None
         if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT or d.get("version") != MODEL_VERSION:
             raise ValueError(f"{path}: not a version-{MODEL_VERSION} edgevision leak latency model; fit it again")
-        return cls(d["elem"], KNN.from_json(d["role"]), KNN.from_json(d["k_dw"]), KNN.from_json(d["k_full"]), d["meta"])
+        return cls(d["elem"], KNN.from_json(d["role"]), KernelRegressor.from_json(d["k_dw"]),
+                   KernelRegressor.from_json(d["k_full"]), d["meta"])
 
 
 def _elem_op(layer: dict) -> list[tuple[str, float]]:
@@ -212,7 +269,7 @@ def fit_latency_model(samples: list[dict], runtime: str, meta: dict | None = Non
             ys = np.maximum.accumulate(ys).tolist()
             sd = float(np.std(t - np.interp(n, xs, ys))) + 0.02
             elem[op] = {"x": xs, "y": ys, "sd": sd}
-    lm = LatencyModel(elem, KNN(np.zeros((0, 5)), []), KNN(np.zeros((0, 5)), []), KNN(np.zeros((0, 5)), []),
+    lm = LatencyModel(elem, KNN(np.zeros((0, 5)), []), KernelRegressor({}, {}), KernelRegressor({}, {}),
                       dict(meta or {}, runtime=runtime, stat=stat, calib_ref=ref))
     role_x, role_y, dw_x, dw_y, full_x, full_y = [], [], [], [], [], []
     prev_est = None
@@ -226,7 +283,8 @@ def fit_latency_model(samples: list[dict], runtime: str, meta: dict | None = Non
         role_y.append("dw" if is_dw else "full")
         (dw_x if is_dw else full_x).append(f)
         (dw_y if is_dw else full_y).append(int(c["k"]))
-    lm.role, lm.k_dw, lm.k_full = KNN(role_x, role_y), KNN(dw_x, dw_y), KNN(full_x, full_y)
+    lm.role = KNN(role_x, role_y)
+    lm.k_dw, lm.k_full = KernelRegressor.fit(dw_x, dw_y), KernelRegressor.fit(full_x, full_y)
     lm.meta.update(n_nets=len(samples), n_convs=len(conv_rows), elem_ops=sorted(elem))
     return lm
 

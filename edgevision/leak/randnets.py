@@ -76,6 +76,11 @@ def default_model_path(runtime: str = "eager", size: int = 224) -> Path:
     return Path(cache_root()) / "leak" / f"latency_{runtime}_{size}.json"
 
 
+def shipped_model_name(runtime: str) -> str:
+    """File name of the latency model benchmarks/bench_leakage.py writes for ``runtime``."""
+    return "leakage_latency_model.json" if runtime == "eager" else f"leakage_latency_model_{runtime}.json"
+
+
 def fit_or_load(runtime: str = "eager", size: int = 224, n_nets: int = 40, path=None, refit: bool = False,
                 progress=None):
     """The machine's latency model for ``runtime`` at ``size``: loaded from the cache, else fitted
@@ -83,15 +88,15 @@ def fit_or_load(runtime: str = "eager", size: int = 224, n_nets: int = 40, path=
     from edgevision.leak.infer import LatencyModel, fit_latency_model
     from edgevision.profiling.timing import machine_info
 
-    if runtime != "eager":
-        raise ValueError(f"the attack is implemented for eager traces only, not {runtime!r}: ONNX Runtime's "
-                         "tuned session folds BN and fuses activations/adds into Conv nodes, so the element-count "
+    if runtime not in ("eager", "channels_last"):
+        raise ValueError(f"the attack is implemented for PyTorch traces (eager, channels_last) only, not "
+                         f"{runtime!r}: ONNX Runtime's tuned session folds BN and fuses activations/adds into Conv nodes, so the element-count "
                          "channel it reads is gone (`leak trace --runtime onnxruntime` still records what is visible)")
     path = Path(path) if path else default_model_path(runtime, size)
     if path.exists() and not refit:
         return LatencyModel.load(path)
     # In a checkout: the model benchmarks/bench_leakage.py fitted, when it was fitted on this CPU.
-    shipped = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "leakage_latency_model.json"
+    shipped = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / shipped_model_name(runtime)
     if not refit and shipped.exists():
         try:
             lm = LatencyModel.load(shipped)

@@ -29,6 +29,7 @@ model can be fitted; it is never used on the audited model.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import statistics
@@ -40,7 +41,11 @@ import torch.nn as nn
 
 TRACE_FORMAT = "edgevision-leak-trace"
 TRACE_VERSION = 1
-RUNTIMES = ("eager", "onnxruntime")
+# eager: PyTorch NCHW as a model comes; channels_last: the same in NHWC memory format (the layout
+# edgevision.optimize runs), where depthwise convs skip the layout reorders that otherwise
+# dominate their time (and so hide their kernel size); onnxruntime: the tuned ORT session.
+RUNTIMES = ("eager", "channels_last", "onnxruntime")
+TORCH_RUNTIMES = ("eager", "channels_last")
 
 # Allocation/view bookkeeping below an op: not the kernel that does the work.
 _UTILITY = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::resize_", "aten::as_strided_",
@@ -229,8 +234,8 @@ def record_trace(model_or_name, size: int = 224, runtime: str = "eager", repeats
         raise ValueError(f"unknown runtime {runtime!r} for tracing; choose from: {', '.join(RUNTIMES)}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda; got {device!r}")
-    if device == "cuda" and (runtime != "eager" or not torch.cuda.is_available()):
-        raise ValueError("--device cuda needs a CUDA GPU and --runtime eager")
+    if device == "cuda" and (runtime not in TORCH_RUNTIMES or not torch.cuda.is_available()):
+        raise ValueError("--device cuda needs a CUDA GPU and --runtime eager or channels_last")
     if not isinstance(size, int) or not 8 <= size <= 4096:
         raise ValueError(f"size must be an integer in [8, 4096]; got {size!r}")
     if repeats < 1 or warmup < 0:
@@ -238,9 +243,12 @@ def record_trace(model_or_name, size: int = 224, runtime: str = "eager", repeats
     model, name = _load_model(model_or_name)
     in_chans = getattr(model, "in_chans", 3) or 3
     x = torch.randn(1, in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    if runtime == "channels_last":  # on a copy: the caller's model keeps its layout
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     with fixed_threads(threads):
         _check_runs(model, name, x)
-        if runtime == "eager":
+        if runtime in TORCH_RUNTIMES:
             if device == "cuda":
                 model, x = model.cuda(), x.cuda()
             runs = _eager_runs(model, x, repeats, warmup, device)
