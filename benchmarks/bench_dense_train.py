@@ -93,7 +93,7 @@ def pretrain(args, work: Path) -> dict:
     cfg = dict(model=args.backbone, data=str(data), output=str(out), img_size=args.pretrain_size,
                epochs=args.pretrain_epochs, batch_size=64, lr=args.pretrain_lr, weight_decay=0.05,
                warmup_epochs=1, workers=0, threads=args.threads, progress=False, resume="none", hflip=0.5,
-               crop_scale=(0.5, 1.0), color_jitter=0.2, label_smoothing=0.1)
+               crop_scale=(0.5, 1.0), color_jitter=0.2, label_smoothing=0.1, checkpoint=args.pretrain_from)
     cached = out / "bench_row.json"  # the same pretraining is reused by later benchmark runs
     if cached.is_file() and json.loads(cached.read_text()).get("config") == {k: str(v) for k, v in cfg.items()}:
         return {**json.loads(cached.read_text()), "reused": True}
@@ -155,6 +155,9 @@ def main() -> int:
     p.add_argument("--no-pretrain", action="store_true", help="dense models from scratch")
     p.add_argument("--checkpoint", help="an existing backbone classifier checkpoint (skips pretraining)")
     p.add_argument("--pretrain-size", type=int, default=64)
+    p.add_argument("--pretrain-from", default=None,
+                   help="start the backbone pretraining from this classifier checkpoint (e.g. ImageNet "
+                        "weights; its classifier is replaced) instead of from scratch")
     p.add_argument("--pretrain-per-item", type=int, default=2, help="composed images per training item")
     p.add_argument("--pretrain-epochs", type=int, default=8)
     p.add_argument("--pretrain-lr", type=float, default=4e-3)
@@ -203,6 +206,12 @@ def write_results(args, data: Path, rows: list, ckpt: str | None) -> None:
         lines.append(f"| {r['task']} | {r['model']} | {r['epochs']} | {r['seconds']:.0f} | {r['metric']} | "
                      f"{r['final']:.3f} | {r['best']:.3f} | {target} | {met} | "
                      f"{r['load_before']:.1f}/{r['load_after']:.1f} |")
+    pre = next((r for r in rows if r["task"].startswith("pretrain")), None)
+    if pre is not None:
+        reused = " (its weights were reused from an earlier run with the same settings)" if pre.get("reused") else ""
+        lines += ["", f"Pretraining{reused} plus each dense run, end to end: " + "; ".join(
+            f"{r['task']} {pre['seconds']:.0f} + {r['seconds']:.0f} = {pre['seconds'] + r['seconds']:.0f} s"
+            for r in rows if r is not pre) + "."]
     lines += ["", "Per-epoch validation metric:", ""]
     lines += [f"- {r['task']}: " + ", ".join(f"{v:.3f}" for v in r["curve"]) for r in rows]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")

@@ -5,7 +5,8 @@ scored on the held-out registry zoo; and how useful the stolen architecture is (
         [--runtime eager|channels_last]
 
 Writes benchmarks/results/leakage.md, leakage.json, leakage_latency_model.json and a PNG of one
-segmented trace (with --runtime channels_last: the same names with a _channels_last suffix). The latency model is fitted on --fit-nets random nets (edgevision.leak.randnets,
+segmented trace (with --runtime channels_last: the same names with a _channels_last suffix).
+The latency model is fitted on --fit-nets random nets (edgevision.leak.randnets,
 seeds disjoint from the tests); no registry model is ever used for fitting.
 """
 

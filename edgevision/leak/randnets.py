@@ -86,12 +86,14 @@ def fit_or_load(runtime: str = "eager", size: int = 224, n_nets: int = 40, path=
     """The machine's latency model for ``runtime`` at ``size``: loaded from the cache, else fitted
     on ``n_nets`` random networks (a few minutes) and cached."""
     from edgevision.leak.infer import LatencyModel, fit_latency_model
+    from edgevision.leak.trace import TORCH_RUNTIMES
     from edgevision.profiling.timing import machine_info
 
-    if runtime not in ("eager", "channels_last"):
-        raise ValueError(f"the attack is implemented for PyTorch traces (eager, channels_last) only, not "
-                         f"{runtime!r}: ONNX Runtime's tuned session folds BN and fuses activations/adds into Conv nodes, so the element-count "
-                         "channel it reads is gone (`leak trace --runtime onnxruntime` still records what is visible)")
+    if runtime not in TORCH_RUNTIMES:
+        raise ValueError(f"the attack is implemented for PyTorch traces ({', '.join(TORCH_RUNTIMES)}) only, not "
+                         f"{runtime!r}: ONNX Runtime's tuned session folds BN and fuses activations/adds into "
+                         "Conv nodes, so the element-count channel it reads is gone (`leak trace --runtime "
+                         "onnxruntime` still records what is visible)")
     path = Path(path) if path else default_model_path(runtime, size)
     if path.exists() and not refit:
         return LatencyModel.load(path)

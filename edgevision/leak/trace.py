@@ -2,8 +2,9 @@
 
 Observer model (DeepPeep's threat model, on this CPU). The observer shares the machine with
 the deployed model and can run a profiler over its inferences (torch.profiler for PyTorch
-eager, ONNX Runtime's built-in profiler for an ONNX deployment, or the CUDA kernel log on a
-GPU), as often as it likes, but cannot read the model file or the process memory. It sees:
+eager, in the model's NCHW layout or in channels_last, ONNX Runtime's built-in profiler for an
+ONNX deployment, or the CUDA kernel log on a GPU), as often as it likes, but cannot read the
+model file or the process memory. It sees:
 
 - the ordered sequence of operators and the kernel each dispatched to (``aten::conv2d`` ->
   ``aten::mkldnn_convolution``; ONNX Runtime op types such as ``FusedConv``), i.e. the names
