@@ -174,6 +174,8 @@ def main(argv=None) -> int:
     return 0
 
 
+_FORM_WORDS = {"knn": "kNN on duration features", "quadratic": "per-kernel-size duration regressions (quadratic)",
+               "linear": "per-kernel-size duration regressions (linear)"}
 _RUNTIME_WORDS = {"eager": "eager (NCHW, as the model comes)",
                   "channels_last": "eager in channels_last (NHWC, the layout of edgevision.optimize; BN not folded)"}
 
@@ -198,8 +200,8 @@ def markdown(report: dict, texts: list[str]) -> str:
         "",
         "**Observer**: sees the op/kernel names a profiler prints and their durations; no module names, "
         "no shapes, no weights (see `edgevision/leak/trace.py`). **Honest evaluation**: the latency model "
-        f"(duration -> elements per op; kNN depthwise/full classifier; per-kernel-size duration regressions, "
-        f"which pick the kernel size) was fitted on {lm.get('n_nets')} random "
+        f"(duration -> elements per op; kNN depthwise/full classifier; kernel sizes by "
+        f"{_FORM_WORDS.get(lm.get('kernel_form', 'knn'), lm.get('kernel_form'))}) was fitted on {lm.get('n_nets')} random "
         f"networks ({lm.get('n_convs')} convs, seeds {lm.get('seeds')}) and never on a registry model.",
         "",
         "## Held-out registry CNNs",

@@ -192,6 +192,18 @@ def test_kernel_regressor_generalises_in_width():
                               [k for k, _ in rows] + [9] * 3)
     assert sorted(few.w) == [3, 5, 7]
     assert KernelRegressor.from_json(json.loads(json.dumps(few.to_json()))).predict(_dw_features(5, 2e4)) == 5
+    lin = KernelRegressor.fit([_dw_features(k, n) for k, n in rows], [k for k, _ in rows], form="linear")
+    back = KernelRegressor.from_json(json.loads(json.dumps(lin.to_json())))
+    assert back.form == "linear" and back.predict(_dw_features(7, 5e3)) == 7
+    with pytest.raises(ValueError, match="unknown kernel regression form"):
+        KernelRegressor({}, {}, form="cubic")
+
+
+def test_fit_latency_model_kernel_forms():
+    from edgevision.leak.infer import fit_latency_model
+
+    with pytest.raises(ValueError, match="unknown kernel_form 'svm'"):
+        fit_latency_model([], "eager", kernel_form="svm")
 
 
 def test_bad_traces(tmp_path):

@@ -13,10 +13,9 @@ What is inferred, and from what (the observer sees op/kernel names and durations
 - depthwise-vs-full: k-nearest-neighbours on duration features (conv time relative to the BN
   that follows it, elements, resolution change, kernel name), trained on the random networks'
   convs, whose true shapes the attacker knows.
-- kernel size: per kernel size, a regression of the conv's log duration on its (estimated)
-  output elements and resolution change, fitted on the same random convs; the kernel whose
-  regression explains the observed duration best wins (Gaussian likelihood). A duration
-  model generalizes to widths the random nets did not have, where nearest neighbours do not.
+- kernel size: the same k-nearest-neighbours per role (default), or per-kernel-size regressions
+  of the conv's log duration on its estimated elements and resolution change (KernelRegressor);
+  benchmarks/bench_leak_kernel_form.py compares them on held-out random nets.
 - block type: the segmentation's pattern (2 convs + projection: depthwise-separable; 3:
   inverted residual; SE pattern; attention ops), activation by name (relu/hardswish/... are
   distinct ops), family by where the head conv sits (after the pool: MobileNetV3 style).
@@ -85,33 +84,43 @@ class KNN:
         return cls(np.asarray(d["x"], dtype=float).reshape(-1, len(d["x"][0]) if d["x"] else 0), d["y"], d["k"])
 
 
+# Kernel-size classifiers, compared in benchmarks/bench_leak_kernel_form.py. k-NN is the default:
+# it scored best on random nets held out from the fit (the registry is never used to choose).
+KERNEL_FORMS = ("knn", "quadratic", "linear")
+
+
 class KernelRegressor:
     """Kernel size from a conv's duration: per class k, least squares of log t on
-    [1, log n, log n^2, log(n_in/n_out), log n * log(n_in/n_out)] (features of conv_features),
-    and the class probabilities from each fit's Gaussian residual, equal priors (JSON-able)."""
+    [1, log n, log n^2, log(n_in/n_out), log n * log(n_in/n_out)] (form "quadratic"; "linear":
+    [1, log n, log(n_in/n_out)]), n the output elements, features of conv_features; the class
+    probabilities from each fit's Gaussian residual, equal priors (JSON-able)."""
 
-    def __init__(self, w: dict, sd: dict):
+    def __init__(self, w: dict, sd: dict, form: str = "quadratic"):
+        if form not in ("quadratic", "linear"):
+            raise ValueError(f"unknown kernel regression form {form!r}; choose quadratic or linear")
         self.w = {int(k): np.asarray(v, dtype=float) for k, v in w.items()}
         self.sd = {int(k): float(v) for k, v in sd.items()}
+        self.form = form
 
-    @staticmethod
-    def design(f) -> np.ndarray:
+    def design(self, f) -> np.ndarray:
         f = np.atleast_2d(np.asarray(f, dtype=float))
         n, st = f[:, 1], f[:, 2]
+        if self.form == "linear":
+            return np.stack([np.ones(len(f)), n, st], 1)
         return np.stack([np.ones(len(f)), n, n * n, st, st * n], 1)
 
     @classmethod
-    def fit(cls, x, y, min_rows: int = 8) -> "KernelRegressor":
+    def fit(cls, x, y, min_rows: int = 8, form: str = "quadratic") -> "KernelRegressor":
         x, y = np.asarray(x, dtype=float).reshape(len(y), -1), np.asarray(y)
-        w, sd = {}, {}
+        out = cls({}, {}, form)
         for k in sorted(set(y.tolist())):
             m = y == k
             if m.sum() < min_rows:
-                continue  # too few convs of this size to fit five coefficients
-            a = cls.design(x[m])
+                continue  # too few convs of this size to fit the coefficients
+            a = out.design(x[m])
             coef, *_ = np.linalg.lstsq(a, x[m, 4], rcond=None)
-            w[k], sd[k] = coef, float(np.std(x[m, 4] - a @ coef)) + 0.02
-        return cls(w, sd)
+            out.w[k], out.sd[k] = coef, float(np.std(x[m, 4] - a @ coef)) + 0.02
+        return out
 
     def proba(self, f) -> dict:
         if not self.w:
@@ -130,18 +139,23 @@ class KernelRegressor:
 
     def to_json(self):
         return {"w": {str(k): v.round(6).tolist() for k, v in self.w.items()},
-                "sd": {str(k): v for k, v in self.sd.items()}}
+                "sd": {str(k): v for k, v in self.sd.items()}, "form": self.form}
 
     @classmethod
     def from_json(cls, d):
-        return cls(d["w"], d["sd"])
+        return cls(d["w"], d["sd"], d.get("form", "quadratic"))
+
+
+def _kernel_classifier_from_json(d: dict):
+    return KNN.from_json(d) if "x" in d else KernelRegressor.from_json(d)
 
 
 class LatencyModel:
     """The machine's latency model: duration -> elements per elementwise op, and the conv
     classifiers (role: depthwise/full; kernel size per role). Fitted on random networks only."""
 
-    def __init__(self, elem: dict, role: KNN, k_dw: KernelRegressor, k_full: KernelRegressor, meta: dict):
+    def __init__(self, elem: dict, role: KNN, k_dw: KernelRegressor | KNN, k_full: KernelRegressor | KNN,
+                 meta: dict):
         self.elem, self.role, self.k_dw, self.k_full, self.meta = elem, role, k_dw, k_full, meta
 
     @property
@@ -178,8 +192,8 @@ class LatencyModel:
                              "benchmarks/bench_leakage.py or `edgevision leak audit`") from None
         if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT or d.get("version") != MODEL_VERSION:
             raise ValueError(f"{path}: not a version-{MODEL_VERSION} edgevision leak latency model; fit it again")
-        return cls(d["elem"], KNN.from_json(d["role"]), KernelRegressor.from_json(d["k_dw"]),
-                   KernelRegressor.from_json(d["k_full"]), d["meta"])
+        return cls(d["elem"], KNN.from_json(d["role"]), _kernel_classifier_from_json(d["k_dw"]),
+                   _kernel_classifier_from_json(d["k_full"]), d["meta"])
 
 
 def _elem_op(layer: dict) -> list[tuple[str, float]]:
@@ -226,10 +240,13 @@ def normalised_ops(trace: dict, ref: dict | None) -> list[dict]:
 
 
 def fit_latency_model(samples: list[dict], runtime: str, meta: dict | None = None,
-                      stat: str = "us_p10", calibrate: bool = True) -> LatencyModel:
+                      stat: str = "us_p10", calibrate: bool = True, kernel_form: str = "knn") -> LatencyModel:
     """Fit from lab traces: each sample ``{"trace": trace-with-lab}`` of a random network.
     ``stat``: the duration statistic used here and by the attack (see segment.layers_of);
-    ``calibrate``: divide every trace by its speed factor (the attacker's reference ops)."""
+    ``calibrate``: divide every trace by its speed factor (the attacker's reference ops);
+    ``kernel_form``: the kernel-size classifier, one of KERNEL_FORMS."""
+    if kernel_form not in KERNEL_FORMS:
+        raise ValueError(f"unknown kernel_form {kernel_form!r}; choose from {', '.join(KERNEL_FORMS)}")
     pairs: dict[str, list] = {}
     conv_rows = []  # (layer, truth) for every conv followed by BN
     calib: dict[str, list] = {}
@@ -284,7 +301,12 @@ def fit_latency_model(samples: list[dict], runtime: str, meta: dict | None = Non
         (dw_x if is_dw else full_x).append(f)
         (dw_y if is_dw else full_y).append(int(c["k"]))
     lm.role = KNN(role_x, role_y)
-    lm.k_dw, lm.k_full = KernelRegressor.fit(dw_x, dw_y), KernelRegressor.fit(full_x, full_y)
+    if kernel_form == "knn":
+        lm.k_dw, lm.k_full = KNN(dw_x, dw_y), KNN(full_x, full_y)
+    else:
+        lm.k_dw = KernelRegressor.fit(dw_x, dw_y, form=kernel_form)
+        lm.k_full = KernelRegressor.fit(full_x, full_y, form=kernel_form)
+    lm.meta["kernel_form"] = kernel_form
     lm.meta.update(n_nets=len(samples), n_convs=len(conv_rows), elem_ops=sorted(elem))
     return lm
 
