@@ -122,7 +122,7 @@ def run_one(task: str, model: str, data: Path, out: Path, args, checkpoint: str 
     cfg = dict(model=model, data=str(data), output=str(out / task), img_size=args.size, epochs=epochs,
                batch_size=args.batch, lr=lr, weight_decay=1e-4, warmup_epochs=1, workers=0,
                threads=args.threads, progress=False, resume="none", hflip=0.5, label_smoothing=0.0,
-               checkpoint=checkpoint)
+               checkpoint=checkpoint, channels_last=args.channels_last)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     s = train(cfg)
@@ -162,6 +162,8 @@ def main() -> int:
     p.add_argument("--pretrain-epochs", type=int, default=8)
     p.add_argument("--pretrain-lr", type=float, default=4e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true",
+                   help="train the dense models in channels_last memory format (edgevision train --channels-last)")
     p.add_argument("--work", default="runs/bench_dense_train")
     p.add_argument("--name", default="dense_train")
     args = p.parse_args()
