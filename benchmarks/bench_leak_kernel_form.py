@@ -23,6 +23,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from edgevision.leak.trace import TORCH_RUNTIMES  # noqa: E402
 OUT = ROOT / "benchmarks" / "results"
 CNNS = ["mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv3_small_100",
         "semnasnet_100", "mnasnet_100", "efficientnet_lite0"]
@@ -30,7 +32,7 @@ CNNS = ["mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_large_100", "mobilene
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runtime", choices=["eager", "channels_last"], default="channels_last")
+    p.add_argument("--runtime", choices=TORCH_RUNTIMES, default="channels_last")
     p.add_argument("--nets", type=int, default=40, help="random networks recorded")
     p.add_argument("--fit", type=int, default=30, help="of which the first --fit are fitted on")
     p.add_argument("--repeats", type=int, default=11)
@@ -52,9 +54,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     lab = lab_traces(args.nets, size=args.size, runtime=args.runtime, repeats=args.repeats, threads=1,
                      seed=100_000, progress=lambda i, n: print(f"lab {i}/{n}", flush=True))
-    reg = {n: record_trace(n, size=args.size, runtime=args.runtime, repeats=args.repeats, threads=1) for n in CNNS}
+    models = {n: ev.create_model(n).eval() for n in CNNS}  # traced and scored: built once
+    reg = {n: record_trace(m, size=args.size, runtime=args.runtime, repeats=args.repeats, threads=1)
+           for n, m in models.items()}
     held = [(build_from_config(s["config"]).eval(), s["trace"]) for s in lab[args.fit:]]
-    models = {n: ev.create_model(n).eval() for n in CNNS}
     rows = []
     for form in KERNEL_FORMS:
         lm = fit_latency_model(lab[:args.fit], args.runtime, meta={"size": args.size}, kernel_form=form)

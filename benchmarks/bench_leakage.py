@@ -23,6 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgevision.leak.trace import TORCH_RUNTIMES  # noqa: E402
+
 CNNS = ["mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv3_small_100",
         "semnasnet_100", "mnasnet_100", "efficientnet_lite0"]
 HYBRIDS = ["emo_1m", "edgevit_xxs", "efficientformer_l1", "tiny_moat_0"]
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--fit-nets", type=int, default=40)
     p.add_argument("--repeats", type=int, default=15, help="profiled runs per trace")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--runtime", choices=["eager", "channels_last"], default="eager",
+    p.add_argument("--runtime", choices=TORCH_RUNTIMES, default="eager",
                    help="the victim's PyTorch layout the observer profiles (NCHW eager or NHWC channels_last)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--latency-model", default=None, help="reuse a fitted model instead of fitting")

@@ -40,7 +40,19 @@ _ACT_CODE = {"relu": "re", "relu6": "r6", "hard_swish": "hs", "swish": "sw", "ge
 
 
 # ----------------------------------------------------------------------------- the latency model
-class KNN:
+class _Classifier:
+    """What the attack asks of a conv classifier: ``proba(features) -> {class: p}``; the most
+    probable class follows from it."""
+
+    def proba(self, f) -> dict:
+        raise NotImplementedError
+
+    def predict(self, f):
+        p = self.proba(f)
+        return max(p, key=p.get) if p else None
+
+
+class KNN(_Classifier):
     """Distance-weighted k-nearest-neighbour classifier on standardized features (JSON-able)."""
 
     def __init__(self, x, y, k: int = 5):
@@ -72,10 +84,6 @@ class KNN:
         total = sum(votes.values())
         return {c: v / total for c, v in votes.items()}
 
-    def predict(self, f):
-        p = self.proba(f)
-        return max(p, key=p.get) if p else None
-
     def to_json(self):
         return {"x": self.x.round(5).tolist(), "y": self.y, "k": self.k}
 
@@ -86,18 +94,19 @@ class KNN:
 
 # Kernel-size classifiers, compared in benchmarks/bench_leak_kernel_form.py. k-NN is the default:
 # it scored best on random nets held out from the fit (the registry is never used to choose).
-KERNEL_FORMS = ("knn", "quadratic", "linear")
+REGRESSION_FORMS = ("quadratic", "linear")
+KERNEL_FORMS = ("knn", *REGRESSION_FORMS)
 
 
-class KernelRegressor:
+class KernelRegressor(_Classifier):
     """Kernel size from a conv's duration: per class k, least squares of log t on
     [1, log n, log n^2, log(n_in/n_out), log n * log(n_in/n_out)] (form "quadratic"; "linear":
     [1, log n, log(n_in/n_out)]), n the output elements, features of conv_features; the class
     probabilities from each fit's Gaussian residual, equal priors (JSON-able)."""
 
     def __init__(self, w: dict, sd: dict, form: str = "quadratic"):
-        if form not in ("quadratic", "linear"):
-            raise ValueError(f"unknown kernel regression form {form!r}; choose quadratic or linear")
+        if form not in REGRESSION_FORMS:
+            raise ValueError(f"unknown kernel regression form {form!r}; choose {' or '.join(REGRESSION_FORMS)}")
         self.w = {int(k): np.asarray(v, dtype=float) for k, v in w.items()}
         self.sd = {int(k): float(v) for k, v in sd.items()}
         self.form = form
@@ -133,10 +142,6 @@ class KernelRegressor:
         total = sum(p.values())
         return {k: v / total for k, v in p.items()}
 
-    def predict(self, f):
-        p = self.proba(f)
-        return max(p, key=p.get) if p else None
-
     def to_json(self):
         return {"w": {str(k): v.round(6).tolist() for k, v in self.w.items()},
                 "sd": {str(k): v for k, v in self.sd.items()}, "form": self.form}
@@ -154,8 +159,7 @@ class LatencyModel:
     """The machine's latency model: duration -> elements per elementwise op, and the conv
     classifiers (role: depthwise/full; kernel size per role). Fitted on random networks only."""
 
-    def __init__(self, elem: dict, role: KNN, k_dw: KernelRegressor | KNN, k_full: KernelRegressor | KNN,
-                 meta: dict):
+    def __init__(self, elem: dict, role: KNN, k_dw: _Classifier, k_full: _Classifier, meta: dict):
         self.elem, self.role, self.k_dw, self.k_full, self.meta = elem, role, k_dw, k_full, meta
 
     @property
