@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgevision.leak.infer import KERNEL_FORMS  # noqa: E402
 from edgevision.leak.trace import TORCH_RUNTIMES  # noqa: E402
 
 CNNS = ["mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv3_small_100",
@@ -89,6 +90,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--runtime", choices=TORCH_RUNTIMES, default="eager",
                    help="the victim's PyTorch layout the observer profiles (NCHW eager or NHWC channels_last)")
+    p.add_argument("--kernel-form", choices=KERNEL_FORMS, default="knn",
+                   help="the attack's kernel-size classifier (see bench_leak_kernel_form.py)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--latency-model", default=None, help="reuse a fitted model instead of fitting")
     p.add_argument("--iters", type=int, default=30, help="timed runs for the usefulness latency")
@@ -118,9 +121,9 @@ def main(argv=None) -> int:
                              threads=args.threads,
                              seed=100_000, progress=lambda i, n: print(f"lab {i}/{n}", flush=True))
         meta = {"size": args.size, "cpu": machine_info()["cpu"], "seeds": [100_000, 100_000 + args.fit_nets - 1]}
-        lm = fit_latency_model(samples, args.runtime, meta=meta)
+        lm = fit_latency_model(samples, args.runtime, meta=meta, kernel_form=args.kernel_form)
         # The same lab traces without the load calibration: what the calibration is worth.
-        lm_plain = fit_latency_model(samples, args.runtime, meta=meta, calibrate=False)
+        lm_plain = fit_latency_model(samples, args.runtime, meta=meta, calibrate=False, kernel_form=args.kernel_form)
         lm.save(lm_path)
     rows, texts = [], []
     for name in [m for m in args.models.split(",") if m]:
@@ -203,7 +206,8 @@ def markdown(report: dict, texts: list[str]) -> str:
         "**Observer**: sees the op/kernel names a profiler prints and their durations; no module names, "
         "no shapes, no weights (see `edgevision/leak/trace.py`). **Honest evaluation**: the latency model "
         f"(duration -> elements per op; kNN depthwise/full classifier; kernel sizes by "
-        f"{_FORM_WORDS.get(lm.get('kernel_form', 'knn'), lm.get('kernel_form'))}) was fitted on {lm.get('n_nets')} random "
+        f"{_FORM_WORDS.get(lm.get('kernel_form', 'knn'), lm.get('kernel_form'))}) was fitted on "
+        f"{lm.get('n_nets')} random "
         f"networks ({lm.get('n_convs')} convs, seeds {lm.get('seeds')}) and never on a registry model.",
         "",
         "## Held-out registry CNNs",
