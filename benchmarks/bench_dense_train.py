@@ -122,7 +122,8 @@ def run_one(task: str, model: str, data: Path, out: Path, args, checkpoint: str 
     cfg = dict(model=model, data=str(data), output=str(out / task), img_size=args.size, epochs=epochs,
                batch_size=args.batch, lr=lr, weight_decay=1e-4, warmup_epochs=1, workers=0,
                threads=args.threads, progress=False, resume="none", hflip=0.5, label_smoothing=0.0,
-               checkpoint=checkpoint, channels_last=args.channels_last)
+               checkpoint=checkpoint, channels_last=args.channels_last,
+               **({"seg_loss": args.seg_loss, "output_stride": args.output_stride} if task == "segmentation" else {}))
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     s = train(cfg)
@@ -151,6 +152,8 @@ def main() -> int:
     p.add_argument("--seg-epochs", type=int, default=10)
     p.add_argument("--det-lr", type=float, default=3e-3)
     p.add_argument("--seg-lr", type=float, default=3e-3)
+    p.add_argument("--seg-loss", default="ce", choices=["ce", "ce+dice"], help="segmentation loss (train --seg-loss)")
+    p.add_argument("--output-stride", type=int, choices=[8, 16, 32], help="segmentation (train --output-stride)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--no-pretrain", action="store_true", help="dense models from scratch")
     p.add_argument("--checkpoint", help="an existing backbone classifier checkpoint (skips pretraining)")
@@ -187,7 +190,7 @@ def main() -> int:
 
 
 def write_results(args, data: Path, rows: list, ckpt: str | None) -> None:
-    cmd = "nice -n 10 .venv/bin/python benchmarks/bench_dense_train.py " + shlex.join(sys.argv[1:])
+    cmd = ".venv/bin/python benchmarks/bench_dense_train.py " + shlex.join(sys.argv[1:])
     meta = {"command": cmd, "torch": torch.__version__, "threads": args.threads, "cpu": platform.processor()
             or platform.machine(), "cores": os.cpu_count(), "scenes": str(data), "size": args.size,
             "num_train": args.num_train, "num_val": args.num_val, "backbone_checkpoint": ckpt}

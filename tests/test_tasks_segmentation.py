@@ -12,7 +12,7 @@ from PIL import Image
 from edgevision.cli import main
 from edgevision.tasks.segmentation import data as D
 from edgevision.tasks.segmentation.metrics import confusion, scores
-from edgevision.tasks.segmentation.task import seg_loss
+from edgevision.tasks.segmentation.losses import seg_loss, soft_dice_loss
 
 MODEL = "lraspp_mobilenetv3_small_075"
 
@@ -87,6 +87,43 @@ def test_loss_ignores_255_and_adds_half_aux():
     assert torch.allclose(seg_loss({"out": out}, y), F.cross_entropy(out, y, ignore_index=255))
 
 
+def test_soft_dice_by_hand_and_ignored_pixels():
+    # two pixels, two classes; probabilities (after softmax) set by the logits
+    logits = torch.tensor([[[[0.0, 0.0]], [[0.0, 0.0]]]])  # p = 0.5 everywhere
+    y = torch.tensor([[[0, 1]]])
+    # class 0: inter 0.5, |P| 1, |T| 1 -> (1 + 1) / (2 + 1); class 1 the same
+    assert soft_dice_loss(logits, y).item() == pytest.approx(1 - 2 / 3)
+    assert soft_dice_loss(logits, y, smooth=0.0).item() == pytest.approx(0.5)
+    # a perfect, confident prediction scores ~0; an ignored pixel changes nothing
+    sure = torch.tensor([[[[20.0, -20.0, 5.0]], [[-20.0, 20.0, -5.0]]]])
+    y2 = torch.tensor([[[0, 1, 255]]])
+    assert soft_dice_loss(sure, y2, smooth=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    # classes absent from the target are not scored (else an empty class would add a constant)
+    three = torch.cat([sure, torch.zeros(1, 1, 1, 3)], 1)
+    assert soft_dice_loss(three, y2, smooth=0.0).item() == pytest.approx(0.0, abs=1e-5)
+    # every pixel ignored: zero, with a gradient path (no NaN)
+    z = soft_dice_loss(logits.requires_grad_(), torch.full((1, 1, 2), 255))
+    z.backward()
+    assert z.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_ce_dice_loss_adds_dice_to_both_heads_and_is_rejected_elsewhere():
+    torch.manual_seed(0)
+    out, aux = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    y = torch.randint(0, 3, (2, 4, 4))
+    ref = (F.cross_entropy(out, y) + soft_dice_loss(out, y)
+           + 0.5 * (F.cross_entropy(aux, y) + soft_dice_loss(aux, y)))
+    assert torch.allclose(seg_loss({"out": out, "aux": aux}, y, "ce+dice"), ref)
+    from edgevision.training import make_config
+    from edgevision.training.config import check_config
+
+    with pytest.raises(ValueError, match="--seg-loss must be one of ce, ce\\+dice; got 'dice'"):
+        check_config(make_config("lraspp_mobilenetv3_large_100", seg_loss="dice"))
+    with pytest.raises(ValueError, match="applies to segmentation models; mobilenetv2_100 is a classification"):
+        check_config(make_config("mobilenetv2_100", seg_loss="ce+dice"))
+    check_config(make_config("lraspp_mobilenetv3_large_100", seg_loss="ce+dice"))
+
+
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     out = tmp_path_factory.mktemp("seg") / "scenes"
@@ -116,3 +153,28 @@ def test_train_resume_eval_predict_end_to_end(scenes, tmp_path, capsys):
     assert main(["predict", MODEL, str(scenes / "val" / "images" / "00000.jpg"), "--checkpoint",
                  str(out / "model.safetensors"), "--output", str(pic)]) == 0
     assert Image.open(pic).size == (64, 64)
+
+
+def test_output_stride_and_dice_train_and_come_back_with_the_weights(scenes, tmp_path, capsys):
+    """--output-stride 32 --seg-loss ce+dice from the CLI: the stride is stored with the weights and
+    eval/predict rebuild the model at it (a stride-16 rebuild would compute something else)."""
+    from edgevision.tasks.base import load_trained
+
+    out = tmp_path / "run"
+    assert main(["train", MODEL, "--data", str(scenes), "--output", str(out), "--img-size", "64", "--batch-size", "2",
+                 "--epochs", "1", "--max-steps-per-epoch", "1", "--workers", "0", "--threads", "1", "--no-progress",
+                 "--output-stride", "32", "--seg-loss", "ce+dice"]) == 0
+    for name in ("model.safetensors", "last.pth"):
+        model, meta, _ = load_trained(MODEL, str(out / name))
+        assert meta["output_stride"] == 32 and model.output_stride == 32
+    assert main(["eval", MODEL, "--data", str(scenes), "--checkpoint", str(out / "model.safetensors"),
+                 "--workers", "0"]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", MODEL, "--data", str(scenes), "--output-stride", "4"])
+    assert "invalid choice: 4" in capsys.readouterr().err
+    from edgevision.training import make_config
+    from edgevision.training.config import check_config
+
+    with pytest.raises(ValueError, match="--output-stride applies to segmentation models; ssdlite_mobilenetv2_100"):
+        check_config(make_config("ssdlite_mobilenetv2_100", output_stride=16))

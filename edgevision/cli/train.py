@@ -93,6 +93,13 @@ def add_parser(sub) -> None:
     g.add_argument("--prune-pattern", help="unstructured (default) or a group pattern of edgevision.sparse")
     g.add_argument("--attributes", type=nonempty, help="M-MobileNet (m_mobilenet*): CSV with columns class,attribute "
                    "(0/1) for every class (default: DATA/attributes.csv)")
+    g = p.add_argument_group("segmentation")
+    g.add_argument("--seg-loss", choices=["ce", "ce+dice"], help="segmentation loss: pixel cross-entropy "
+                   "(default, the published recipes') or cross-entropy + soft Dice (every class counts the same; "
+                   "higher mIoU on small objects)")
+    g.add_argument("--output-stride", type=positive_int, choices=[8, 16, 32], help="segmentation: the backbone's output "
+                   "stride (default: the head's recipe, 16 for LR-ASPP/DeepLabv3 where the family can dilate); "
+                   "32 trains faster, 8 sees finer detail")
     p.set_defaults(func=run)
 
     s = sub.add_parser("sample-data", help="write Fashion-MNIST (or your own .npz arrays) as an ImageFolder tree, "

@@ -245,6 +245,8 @@ def load_trained(model_name: str, checkpoint: str, output: str | None = None, **
     kw = dict(build)
     if meta.get("img_size"):
         kw.setdefault("img_size", meta["img_size"])
+    if meta.get("output_stride"):  # trained with --output-stride: rebuild at the same stride
+        kw.setdefault("output_stride", int(meta["output_stride"]))
     model = create_model(model_name, num_classes=int(meta["num_classes"]), **kw)
     if st is not None:
         load_state_dict_strict(model, st["model"], f"{checkpoint} -> {model_name}")
@@ -271,7 +273,7 @@ class DenseTask(Task):
             raise ValueError(f"--freeze-backbone is for classifiers; {self.name} {self.from_scratch}")
         if cfg.mixup or cfg.cutmix:
             raise ValueError("--mixup/--cutmix apply to classification only")
-        model = create_model(cfg.model, num_classes=run.num_classes, img_size=cfg.img_size)
+        model = create_model(cfg.model, num_classes=run.num_classes, img_size=cfg.img_size, **self.build_kwargs(cfg))
         self.backbone_init = None
         if cfg.checkpoint:
             self.backbone_init = init_backbone(model, cfg.model, cfg.checkpoint)
@@ -286,6 +288,10 @@ class DenseTask(Task):
         net.train()
         if self.backbone_init and self.backbone_init["norm_eval"]:
             freeze_backbone_bn_stats(getattr(net, "module", net))  # DDP wraps the model
+
+    def build_kwargs(self, cfg) -> dict:
+        """Extra create_model arguments from the training options (e.g. segmentation's output stride)."""
+        return {}
 
     def backbone_meta(self) -> dict:
         """What weights_meta records about the backbone initialisation (empty when from scratch)."""

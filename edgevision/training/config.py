@@ -72,6 +72,10 @@ class TrainConfig:
     distill_temp: float = 4.0
     # Quantization-aware training of the weights (edgevision.training.qat): "int8" or "uint8".
     qat: str | None = None
+    # Segmentation loss (edgevision.tasks.segmentation.losses): "ce" (the recipes') or "ce+dice".
+    seg_loss: str = "ce"
+    # Segmentation backbones' output stride (8, 16 or 32; None = the head's recipe, e.g. 16 for LR-ASPP).
+    output_stride: int | None = None
     # The "attributes" task (M-MobileNet): a class,attribute CSV; None = DATA/attributes.csv.
     attributes: str | None = None
 
@@ -104,6 +108,19 @@ def check_tensorboard() -> None:
                          "without it") from None
 
 
+def _check_segmentation_options(cfg: TrainConfig) -> None:
+    from edgevision.registry import model_info
+    from edgevision.tasks.segmentation.losses import check_seg_loss
+
+    check_seg_loss(cfg.seg_loss)
+    if cfg.output_stride is not None and cfg.output_stride not in (8, 16, 32):
+        raise ValueError(f"--output-stride must be 8, 16 or 32; got {cfg.output_stride!r}")
+    task = model_info(cfg.model).task
+    if task != "segmentation":
+        flag = "--seg-loss" if cfg.seg_loss != "ce" else "--output-stride"
+        raise ValueError(f"{flag} applies to segmentation models; {cfg.model} is a {task} model")
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Options that contradict each other or are out of range: one clear line, before any work."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
@@ -123,6 +140,8 @@ def check_config(cfg: TrainConfig) -> None:
 
     if cfg.qat is not None and cfg.qat not in WEIGHT_TYPES:
         raise ValueError(f"--qat must be int8 or uint8 (the weight type the int8 export will use); got {cfg.qat!r}")
+    if cfg.seg_loss != "ce" or cfg.output_stride is not None:
+        _check_segmentation_options(cfg)
     if cfg.teacher:
         from edgevision.training.distill import check_distill_options
 

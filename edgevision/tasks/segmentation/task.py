@@ -1,5 +1,5 @@
-"""The segmentation task for the training engine: image/mask folders, CE (ignore 255) on "out"
-+ 0.5 x "aux", mIoU and pixel accuracy, per-class IoU plots/JSON (see edgevision.tasks.base)."""
+"""The segmentation task for the training engine: image/mask folders, CE (ignore 255; optionally
++ soft Dice, ``--seg-loss``) on "out" + 0.5 x "aux", mIoU and pixel accuracy, per-class IoU plots/JSON (see edgevision.tasks.base)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,8 @@ from edgevision.io import atomic_write_text
 from edgevision.jsonout import to_json
 from edgevision.tasks.base import DenseTask, EvalRun, load_trained
 from edgevision.tasks.segmentation import data as D
+from edgevision.tasks.segmentation.losses import seg_loss
 from edgevision.tasks.segmentation.metrics import confusion, scores
-
-AUX_WEIGHT = 0.5  # torchvision's reference recipe (references/segmentation/train.py)
-
-
-def seg_loss(out: dict, target: torch.Tensor) -> torch.Tensor:
-    loss = F.cross_entropy(out["out"], target, ignore_index=D.IGNORE)
-    if out.get("aux") is not None:
-        loss = loss + AUX_WEIGHT * F.cross_entropy(out["aux"], target, ignore_index=D.IGNORE)
-    return loss
 
 
 def _logits(out) -> torch.Tensor:
@@ -81,7 +73,7 @@ class SegmentationTask(DenseTask):
 
     def loss(self, run, model, inputs, targets):
         out = model(inputs)
-        loss = seg_loss(out, targets)
+        loss = seg_loss(out, targets, run.cfg.seg_loss)
         with torch.no_grad():
             pred = _logits(out).argmax(1)
             valid = targets != D.IGNORE
@@ -135,9 +127,13 @@ class SegmentationTask(DenseTask):
         atomic_write_text(out_dir / "per_class_iou.json", to_json(metrics["per_class_iou"], indent=1))
         return {"per_class_png": str(png), "per_class_json": str(out_dir / "per_class_iou.json")}
 
+    def build_kwargs(self, cfg) -> dict:
+        return {"output_stride": cfg.output_stride} if cfg.output_stride else {}
+
     def weights_meta(self, run) -> dict:
         return {"task": self.name, "num_classes": run.num_classes, "classes": list(run.classes),
-                "img_size": run.cfg.img_size, "mean": self.norm[0], "std": self.norm[1], **self.backbone_meta()}
+                "img_size": run.cfg.img_size, "mean": self.norm[0], "std": self.norm[1],
+                **({"output_stride": run.cfg.output_stride} if run.cfg.output_stride else {}), **self.backbone_meta()}
 
     def summary_fields(self, run, last, best) -> dict:
         return {"final_val_miou": last.get("val_miou"), "final_val_pixel_acc": last.get("val_pixel_acc"),
