@@ -12,10 +12,12 @@ detection post-processing has the same work):
   as torchvision's COCO-VOC model), model(x) on a 512x512 batch of 1 (where the segmentation
   models are registered).
 
+Each pair also times ours after ``edgevision.optimize`` (what ``edgevision predict`` runs).
+
 Protocol: eval + inference_mode, batch 1, fixed threads, warm-up, then ``rounds`` rounds; in
-each round every model of a pair runs ``runs`` times back to back, the pair's order alternating
-between rounds (interleaved, so both see the same machine load). Reported: median ms of each,
-ratio ours / torchvision (<= 1.0: ours is not slower). The machine is shared: other jobs may run.
+each round every model runs ``runs`` times back to back, the order rotating between rounds
+(interleaved, so all see the same machine load). Reported: median ms of each, ratio ours /
+torchvision (<= 1.0: ours is not slower). The machine is shared: other jobs may run.
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ def pairs():
     ours, w = _ours_from(tv, "ssdlite320_mobilenetv3_large_100")
     img = [torch.rand(3, 320, 320, generator=torch.Generator().manual_seed(0))]
     x = torch.randn(1, 3, 320, 320)
-    yield "ssdlite320 full forward (1 image, NMS)", w, (lambda: ours(img)), (lambda: tv(img))
+    opt = ev.optimize(ours, example=x)
+    yield "ssdlite320 full forward (1 image, NMS)", w, (lambda: ours(img)), (lambda: tv(img)), (lambda: opt(img))
     yield ("ssdlite320 network (backbone + heads)", w, (lambda: ours.export_forward(x)),
-           (lambda: tv.head(list(tv.backbone(x).values()))))
+           (lambda: tv.head(list(tv.backbone(x).values()))), (lambda: opt.export_forward(x)))
     seg = set(ev.list_models(task="segmentation"))
     xs = torch.randn(1, 3, 512, 512)
     for ours_name, tv_fn, kw in (("lraspp_mobilenetv3_large_100", tvseg.lraspp_mobilenet_v3_large, {}),
@@ -73,23 +76,30 @@ def pairs():
             continue
         tvm = tv_fn(weights=None, weights_backbone=None, num_classes=21, **kw).eval()
         o, w = _ours_from(tvm, ours_name, num_classes=21, **kw)
-        yield f"{ours_name} (512x512)", w, (lambda o=o: o(xs)), (lambda t=tvm: t(xs))
+        oo = ev.optimize(o, example=xs)
+        yield f"{ours_name} (512x512)", w, (lambda o=o: o(xs)), (lambda t=tvm: t(xs)), (lambda oo=oo: oo(xs))
 
 
-def time_pair(a, b, warmup: int, rounds: int, runs: int) -> tuple[list[float], list[float]]:
-    ta, tb = [], []
+def time_all(fns, warmup: int, rounds: int, runs: int) -> list[list[float]]:
+    """ms per call of each of ``fns``, interleaved: every round runs each ``runs`` times, in an
+    order rotated from round to round so each sees the same machine load."""
+    times = [[] for _ in fns]
     with torch.inference_mode():
         for _ in range(warmup):
-            a()
-            b()
+            for fn in fns:
+                fn()
         for r in range(rounds):
-            order = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
-            for fn, out in order:
+            for k in range(len(fns)):
+                i = (k + r) % len(fns)
                 for _ in range(runs):
                     t0 = time.perf_counter()
-                    fn()
-                    out.append((time.perf_counter() - t0) * 1e3)
-    return ta, tb
+                    fns[i]()
+                    times[i].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _p10_p90(t: list[float]) -> list[float]:
+    return [sorted(t)[len(t) // 10], sorted(t)[9 * len(t) // 10]]
 
 
 def main() -> None:
@@ -104,15 +114,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     rows = []
-    for label, weights, ours, theirs in pairs():
+    for label, weights, ours, theirs, optimized in pairs():
         if args.only not in label:
             continue
-        ta, tb = time_pair(ours, theirs, args.warmup, args.rounds, args.runs)
-        mo, mt = statistics.median(ta), statistics.median(tb)
+        ta, tb, tc = time_all([ours, theirs, optimized], args.warmup, args.rounds, args.runs)
+        mo, mt, mc = statistics.median(ta), statistics.median(tb), statistics.median(tc)
         rows.append(dict(pair=label, weights=weights, ours_ms=mo, torchvision_ms=mt, ratio=mo / mt,
-                         ours_p10_p90=[sorted(ta)[len(ta) // 10], sorted(ta)[9 * len(ta) // 10]],
-                         torchvision_p10_p90=[sorted(tb)[len(tb) // 10], sorted(tb)[9 * len(tb) // 10]]))
-        print(f"{label}: ours {mo:.2f} ms, torchvision {mt:.2f} ms, ratio {mo / mt:.3f}", flush=True)
+                         optimized_ms=mc, optimized_ratio=mc / mt, ours_p10_p90=_p10_p90(ta),
+                         torchvision_p10_p90=_p10_p90(tb), optimized_p10_p90=_p10_p90(tc)))
+        print(f"{label}: ours {mo:.2f} ms, torchvision {mt:.2f} ms, ratio {mo / mt:.3f}; "
+              f"ours optimized {mc:.2f} ms, ratio {mc / mt:.3f}", flush=True)
     load_after = os.getloadavg()
     cmd = ("flock /tmp/timing.lock .venv/bin/python benchmarks/bench_dense_vs_torchvision.py "
            + " ".join(sys.argv[1:])).strip()
@@ -127,18 +138,22 @@ def main() -> None:
         f"Command: `{cmd}`",
         "",
         f"Eager, batch 1, {args.threads} threads, torch {torch.__version__}; {args.warmup} warm-up runs, then "
-        f"{args.rounds} rounds x {args.runs} runs per model, the pair's order alternating between rounds "
-        "(interleaved). Median and p10-p90 in ms; ratio = ours / torchvision (target <= 1.0). Shared 2-core "
+        f"{args.rounds} rounds x {args.runs} runs per model, the order rotating between rounds "
+        "(interleaved). Median and p10-p90 in ms; ratio = ours / torchvision (target <= 1.0). \"ours "
+        "optimized\" is the same model after `edgevision.optimize` (BN folded, channels_last, in-place "
+        "activations), what `edgevision predict` runs by default; torchvision's model runs as it is. Shared 2-core "
         f"machine, other jobs may have been running: load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after.",
         "",
-        "| pair | weights | ours ms (p10-p90) | torchvision ms (p10-p90) | ratio |",
-        "|---|---|---|---|---|",
+        "| pair | weights | ours ms (p10-p90) | torchvision ms (p10-p90) | ratio | ours optimized ms (p10-p90) "
+        "| ratio optimized |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['pair']} | {r['weights']} | {r['ours_ms']:.2f} ({r['ours_p10_p90'][0]:.1f}-"
                      f"{r['ours_p10_p90'][1]:.1f}) | {r['torchvision_ms']:.2f} ({r['torchvision_p10_p90'][0]:.1f}-"
-                     f"{r['torchvision_p10_p90'][1]:.1f}) | {r['ratio']:.3f} |")
+                     f"{r['torchvision_p10_p90'][1]:.1f}) | {r['ratio']:.3f} | {r['optimized_ms']:.2f} "
+                     f"({r['optimized_p10_p90'][0]:.1f}-{r['optimized_p10_p90'][1]:.1f}) | {r['optimized_ratio']:.3f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.md')}")
 

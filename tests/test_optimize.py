@@ -392,3 +392,25 @@ def test_cli_predict_optimizes_by_default(capsys, monkeypatch, tmp_path):
         rows[bool(extra)] = json.loads(out.out)
     assert calls == [dict(inplace=True, keep_heap=False)]  # default path only; env switch honoured
     assert [r["class_index"] for r in rows[False]] == [r["class_index"] for r in rows[True]]
+
+
+def test_dense_models_are_checked_on_their_raw_outputs():
+    """A detector's post-processed boxes come out of NMS in any order on tied scores, so the check
+    compares export_forward (raw head outputs): no false alarm, and a small recorded difference."""
+    import warnings
+
+    torch.manual_seed(0)
+    det = ev.create_model("ssdlite_mobilenetv3_small_075", num_classes=3).eval()
+    with torch.no_grad():  # many boxes above the score threshold, with ties after rounding
+        for conv in det.head.classification_head.module_list:
+            conv[1].bias.fill_(3.0)
+    x = torch.randn(1, 3, 128, 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = ev.optimize(det, example=x)
+    assert opt.optimize_info["max_abs_diff_vs_eager"] < 1e-4
+    for a, b in zip(opt.export_forward(x), det.export_forward(x)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    seg = ev.create_model("lraspp_mobilenetv3_small_075", num_classes=3).eval()
+    opt = ev.optimize(seg, example=torch.randn(1, 3, 96, 96))
+    assert opt.optimize_info["max_abs_diff_vs_eager"] < 1e-4

@@ -150,3 +150,37 @@ def test_train_resume_eval_predict_end_to_end(scenes, tmp_path, capsys):
     assert main(["predict", MODEL, str(scenes / "val" / "images" / "00000.jpg"), "--checkpoint",
                  str(out / "model.safetensors"), "--output", str(pic), "--threshold", "0.0"]) == 0
     assert Image.open(pic).size == (64, 64)
+
+
+
+def test_predict_optimizes_dense_models_by_default(tmp_path, capsys, monkeypatch):
+    """`predict` runs edgevision.optimize on a detector too (checked on its raw outputs, which
+    test_optimize compares); --eager runs the plain model. The best detections agree; lower down,
+    NMS keeps either of two boxes with tied scores, so whole lists are not compared."""
+    import torch
+
+    import edgevision as ev
+    import edgevision.export.optimize as opt_mod
+
+    monkeypatch.setenv("EDGEVISION_KEEP_HEAP", "0")  # keep this test process's allocator as it is
+    calls = []
+    real = opt_mod.optimize
+    monkeypatch.setattr(opt_mod, "optimize", lambda *a, **k: calls.append(k) or real(*a, **k))
+    torch.manual_seed(0)
+    det = ev.create_model("ssdlite_mobilenetv3_small_075").eval()
+    with torch.no_grad():
+        for conv in det.head.classification_head.module_list:
+            conv[1].bias.normal_(0, 2.0)
+    ckpt = tmp_path / "det.pth"
+    torch.save(det.state_dict(), ckpt)
+    img = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)).save(img)
+    res = {}
+    for flag in ([], ["--eager"]):
+        assert main(["predict", "ssdlite_mobilenetv3_small_075", str(img), "--checkpoint", str(ckpt), "--json",
+                     "--threshold", "0.5", "--output", str(tmp_path / "p.png"), *flag]) == 0
+        res[bool(flag)] = json.loads(capsys.readouterr().out)["detection"]
+    assert len(calls) == 1 and calls[0]["keep_heap"] is False and len(res[True]) > 3
+    top = {k: sorted(((r["score"], r["label"]) for r in v), reverse=True)[:3] for k, v in res.items()}
+    assert [lab for _, lab in top[False]] == [lab for _, lab in top[True]]
+    assert np.allclose([sc for sc, _ in top[False]], [sc for sc, _ in top[True]], atol=1e-4)

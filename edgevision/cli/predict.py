@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
                    "in the current folder)")
     p.add_argument("--threshold", type=float_range(0.0, 1.0), default=0.3, help="detection: lowest score drawn (default 0.3)")
     p.add_argument("--eager", action="store_true",
-                   help="run the plain eager model (default: edgevision.optimize, same top-k, faster; "
+                   help="run the plain eager model (default: edgevision.optimize, same top-k, boxes or masks, faster; "
                    "EDGEVISION_KEEP_HEAP=0 turns its allocator setting off)")
     p.set_defaults(func=run)
 
@@ -89,6 +89,11 @@ def run_dense(args, task: str) -> int:
     model, classes, meta = _dense_model(args)
     img = load_rgb(args.image)
     x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255)
+    if not args.eager:  # checked on the raw network outputs (NMS orders tied boxes freely)
+        from edgevision.export.optimize import keep_heap_from_env, optimize
+
+        size = int(meta.get("img_size") or model.pretrained_cfg.get("input_size", (3, 320, 320))[-1])
+        model = optimize(model, inplace=True, keep_heap=keep_heap_from_env(), example=torch.rand(1, 3, size, size))
     out_path = Path(args.output) if args.output else Path(Path(args.image).stem + ".pred.png")
     with torch.inference_mode():
         if task == "detection":
