@@ -92,8 +92,7 @@ def run_dense(args, task: str) -> int:
     if not args.eager:  # checked on the raw network outputs (NMS orders tied boxes freely)
         from edgevision.export.optimize import keep_heap_from_env, optimize
 
-        size = int(meta.get("img_size") or model.pretrained_cfg.get("input_size", (3, 320, 320))[-1])
-        model = optimize(model, inplace=True, keep_heap=keep_heap_from_env(), example=torch.rand(1, 3, size, size))
+        model = optimize(model, inplace=True, keep_heap=keep_heap_from_env())
     out_path = Path(args.output) if args.output else Path(Path(args.image).stem + ".pred.png")
     with torch.inference_mode():
         if task == "detection":

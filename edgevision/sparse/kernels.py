@@ -231,17 +231,6 @@ def pad_chw(x, pad_h, pad_w, xp):
                     r[j] = 0.0
 
 
-@njit(fastmath=True, boundscheck=False, nogil=True, cache=True) if numba is not None else (lambda f: f)
-def _finish_row(y, c, oy, act):
-    """The activation on output row y[c, oy, :] (indexed in place: see depthwise3x3)."""
-    if act == 1:
-        for ox in range(y.shape[2]):
-            y[c, oy, ox] = max(y[c, oy, ox], 0.0)
-    elif act == 2:
-        for ox in range(y.shape[2]):
-            y[c, oy, ox] = min(max(y[c, oy, ox], 0.0), 6.0)
-
-
 @_jit
 def depthwise3x3(xp, w, bias, stride, y, act):
     """y[C, Ho, Wo] = 3x3 depthwise conv of the padded xp, + bias: nine taps per output, one store.
@@ -268,7 +257,7 @@ def depthwise3x3(xp, w, bias, stride, y, act):
                     y[c, oy, ox] = (b + w00 * xp[c, i0, j] + w01 * xp[c, i0, j + 1] + w02 * xp[c, i0, j + 2]
                                     + w10 * xp[c, i1, j] + w11 * xp[c, i1, j + 1] + w12 * xp[c, i1, j + 2]
                                     + w20 * xp[c, i2, j] + w21 * xp[c, i2, j + 1] + w22 * xp[c, i2, j + 2])
-            _finish_row(y, c, oy, act)
+            _finish(y[c, oy], act)
 
 
 @_jit

@@ -44,8 +44,6 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
 
 
 def _one(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     loss = F.cross_entropy(logits, target, ignore_index=IGNORE)
     if kind == "ce+dice":
         loss = loss + soft_dice_loss(logits, target)

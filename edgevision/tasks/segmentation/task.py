@@ -133,7 +133,7 @@ class SegmentationTask(DenseTask):
     def weights_meta(self, run) -> dict:
         return {"task": self.name, "num_classes": run.num_classes, "classes": list(run.classes),
                 "img_size": run.cfg.img_size, "mean": self.norm[0], "std": self.norm[1],
-                **({"output_stride": run.cfg.output_stride} if run.cfg.output_stride else {}), **self.backbone_meta()}
+                **self.build_kwargs(run.cfg), **self.backbone_meta()}
 
     def summary_fields(self, run, last, best) -> dict:
         return {"final_val_miou": last.get("val_miou"), "final_val_pixel_acc": last.get("val_pixel_acc"),
