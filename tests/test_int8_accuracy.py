@@ -206,6 +206,15 @@ def test_mixed_precision_excludes_the_named_nodes(toy_onnx, tmp_path):
                                nodes_to_exclude=nodes[1:3], preprocess=False)
     quantized = _weights_quantized(out)
     assert [quantized[n] for n in nodes] == [True, False, False, True]
+    # ORT keeps the fp32 conv's ReLU in float: no QDQ pair on the wide pre-activation output (the
+    # activation is quantized after it, over the activated range)
+    import onnx
+
+    g = onnx.load(str(out)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    acts = [n for n in g.node if n.op_type in ("Relu", "Clip")]
+    assert any(producer[a.input[0]].name == nodes[1] for a in acts), \
+        [(a.name, producer[a.input[0]].op_type) for a in acts]
 
 
 def test_quantize_model_with_sensitivity_and_every_technique(tmp_path):

@@ -155,6 +155,14 @@ def test_finetune_new_head_frozen_backbone_and_resume_mismatch(tiny_data, tmp_pa
     frozen = [k for k in after if k not in head and not k.endswith("num_batches_tracked")]
     assert all(torch.equal(before[k], after[k]) for k in frozen)
     assert ft["num_classes"] == 3
+    # --freeze-bn: every BatchNorm keeps the checkpoint's running statistics, affine parameters train.
+    fbn = train(_tiny(three, tmp_path / "fbn", epochs=1, checkpoint=base["weights"], freeze_bn=True, batch_size=4))
+    got = load_file(fbn["weights"])
+    stats = [k for k in got if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], got[k]) for k in stats)
+    assert any(not torch.equal(before[k], got[k]) for k in got if k.endswith("bn1.weight"))
+    with pytest.raises(ValueError, match="--freeze-bn needs --checkpoint"):
+        train(_tiny(three, tmp_path / "nofbn", epochs=1, freeze_bn=True))
     # Same class count (a further fine-tune, pruning or distillation run): the classifier is kept.
     from edgevision.tasks.classification import load_backbone
 

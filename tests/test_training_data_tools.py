@@ -140,13 +140,14 @@ def test_cli_flags_reach_the_config(monkeypatch):
             "--weight-decay", "0.1", "--warmup-epochs", "2", "--label-smoothing", "0.2", "--drop-path", "0.05",
             "--ema", "--amp", "--channels-last", "--seed", "7", "--clip-grad", "1.5",
             "--auto-augment", "trivialaugment", "--mixup", "0.8", "--cutmix", "1.0", "--sync-bn",
-            "--checkpoint", "w.pth", "--freeze-backbone", "--head-width-scale", "0.5", "--tensorboard"]
+            "--checkpoint", "w.pth", "--freeze-backbone", "--freeze-bn", "--head-width-scale", "0.5", "--tensorboard"]
     assert main(argv) == 0
     c = seen["cfg"]
     assert (c.epochs, c.batch_size, c.lr, c.weight_decay, c.warmup_epochs) == (3, 16, 0.01, 0.1, 2)
     assert (c.label_smoothing, c.drop_path, c.ema, c.amp, c.channels_last, c.seed) == (0.2, 0.05, True, "auto", True, 7)
     assert (c.clip_grad, c.auto_augment, c.mixup, c.cutmix, c.sync_bn) == (1.5, "trivialaugment", 0.8, 1.0, True)
     assert (c.checkpoint, c.freeze_backbone, c.head_width_scale, c.tensorboard) == ("w.pth", True, 0.5, True)
+    assert c.freeze_bn is True
     seen.clear()
     assert main(["train", "emo_1m", "--recipe", "emo_imagenet", "--data", "d", "--no-ema"]) == 0
     assert seen["cfg"].ema is False and seen["cfg"].clip_grad == 5.0  # the recipe's other values stay

@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--int8", action="store_true",
                    help="ONNX: also write NAME.int8.onnx (static int8, per-channel) and say whether int8 is "
                         "faster than fp32 on this machine (measured side by side; fp32 is advised when not)")
+    p.add_argument("--int8-rounding", choices=["nearest", "gptq"], default="nearest",
+                   help="--int8: round weights to the nearest int8 value, or by GPTQ (error-compensating, "
+                        "fitted on the calibration images; BN folded)")
     p.add_argument("--calibration", default=None,
                    help="--int8: folder of calibration images (default: the bundled sample photos)")
     p.set_defaults(func=run)
@@ -244,5 +247,5 @@ def run(args) -> int:
     if getattr(args, "int8", False):  # edgevision.export.choice: int8 only where it is measured faster
         from edgevision.export.choice import export_int8
 
-        print(export_int8(model, path, input_size, args.calibration))
+        print(export_int8(model, path, input_size, args.calibration, rounding=args.int8_rounding))
     return 0

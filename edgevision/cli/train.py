@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
     g.add_argument("--checkpoint", help="pretrained weights: all but the classifier are loaded, new head; for a detector/"
                    "segmenter, a classifier checkpoint of its backbone (heads start fresh)")
     g.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
+    g.add_argument("--freeze-bn", action="store_true", default=None,
+                   help="keep the checkpoint's BatchNorm running statistics (affine parameters still train); "
+                        "for a detector/segmenter, those of the backbone")
     g.add_argument("--head-width-scale", type=float_range(0.0, 4.0, lo_open=True),
                    help="re-initialise a narrower pre-logits layer, e.g. 0.5 (MobileNetV3's conv_head)")
     g.add_argument("--resume", nargs="?", const="auto",

@@ -77,17 +77,40 @@ def verdict_line(v: dict) -> str:
 
 
 def export_int8(model, fp32_path: str | Path, input_size, calibration: str | Path | None = None,
-                threads: int = 1) -> str:
+                threads: int = 1, rounding: str = "nearest") -> str:
     """`edgevision export --int8`: write ``<fp32>.int8.onnx`` next to the fp32 file (per-channel
     minmax, calibrated on ``calibration`` images or the bundled photos), time both and return
-    the lines to print, ending with the verdict."""
-    from edgevision.export.quantize import calibration_images, quantize_onnx_static
+    the lines to print, ending with the verdict. ``rounding="gptq"``: the weights are first put
+    on the int8 grid by error-compensating rounding on the same images (BN folded;
+    :mod:`edgevision.export.gptq`), then quantized from that float model."""
+    from edgevision.export.int8 import WEIGHT_ROUNDINGS
+    from edgevision.export.quantize import _cpu_has_vnni, calibration_images, quantize_onnx_static
     from edgevision.inference import preprocess_config
 
+    if rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"int8 rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}; got {rounding!r}")
     fp32_path = Path(fp32_path)
     norm = preprocess_config(model)
     images = calibration_images(calibration, size=input_size[-1], n=32, mean=norm["mean"], std=norm["std"])
     images = images[: (len(images) // input_size[0]) * input_size[0]]
-    int8_path = quantize_onnx_static(fp32_path, fp32_path.with_suffix(".int8.onnx"), images, batch=input_size[0])
+    source, rr = fp32_path, not _cpu_has_vnni()
+    if rounding == "gptq":
+        import torch
+
+        from edgevision.export.fuse import fuse_bn
+        from edgevision.export.gptq import gptq_round
+        from edgevision.export.onnx import export_onnx
+
+        rounded = fuse_bn(model.eval(), images[:1], inplace=False).eval()
+        with torch.no_grad():
+            gptq_round(rounded, images, reduce_range=rr, batch=input_size[0])
+        source = export_onnx(rounded, fp32_path.with_suffix(".gptq.onnx"), tuple(input_size))
+    try:
+        int8_path = quantize_onnx_static(source, fp32_path.with_suffix(".int8.onnx"), images, batch=input_size[0],
+                                         reduce_range=rr)
+    finally:
+        if source != fp32_path:
+            Path(source).unlink(missing_ok=True)
     v = int8_verdict(fp32_path, int8_path, tuple(input_size), threads=threads)
-    return f"wrote {int8_path} (int8, calibrated on {len(images)} images)\n" + verdict_line(v)
+    how = ", GPTQ-rounded weights" if rounding == "gptq" else ""
+    return f"wrote {int8_path} (int8, calibrated on {len(images)} images{how})\n" + verdict_line(v)

@@ -8,6 +8,9 @@ evaluation images (overlap is refused, :mod:`edgevision.export.heldout`) and an
 - activation ranges by minmax, percentile or entropy calibration (ONNX Runtime's calibrators);
 - on the torch model before export: BatchNorm folding, cross-layer equalization
   (:mod:`edgevision.export.equalize`) and bias correction (:mod:`edgevision.export.bias_correction`);
+- error-compensating weight rounding (GPTQ, :mod:`edgevision.export.gptq`): weights put on
+  ORT's int8 grid so that each layer's output error on the calibration images is small, not
+  each weight's;
 - mixed precision: the ``exclude_top_k`` most sensitive conv/gemm nodes stay fp32. Sensitivity
   is measured on the calibration images only (:mod:`edgevision.export.sensitivity`: one layer's
   weights rounded at a time in torch; or, exact and slow, each ONNX node left fp32 in turn).
@@ -28,6 +31,9 @@ import torch.nn as nn
 from edgevision.export.heldout import check_disjoint
 
 
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
+
+
 @dataclass(frozen=True)
 class Int8Config:
     name: str = "per-channel minmax"
@@ -41,6 +47,7 @@ class Int8Config:
     sensitivity: str = "weights"  # "weights" (torch, seconds) or "onnx" (re-quantize per node, minutes)
     reduce_range: bool | None = None  # None: on for x86 CPUs without VNNI (see quantize_onnx_static)
     weight_type: str = "int8"  # "uint8": asymmetric weights, u8u8 kernels (no AVX2 saturation)
+    weight_rounding: str = "nearest"  # "gptq": error-compensating rounding on calibration images
     calib_batch: int = 32
 
     def __post_init__(self):
@@ -52,6 +59,10 @@ class Int8Config:
             raise ValueError(f"sensitivity must be 'weights' or 'onnx'; got {self.sensitivity!r}")
         if self.weight_type not in WEIGHT_TYPES:
             raise ValueError(f"weight_type must be one of {', '.join(WEIGHT_TYPES)}; got {self.weight_type!r}")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ValueError(f"weight_rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}; got {self.weight_rounding!r}")
+        if self.weight_rounding == "gptq" and self.weight_type != "int8":
+            raise ValueError("weight_rounding='gptq' rounds onto the symmetric int8 grid; use weight_type='int8'")
         if self.exclude_top_k < 0:
             raise ValueError(f"exclude_top_k must be >= 0; got {self.exclude_top_k}")
 
@@ -73,8 +84,8 @@ def output_error(ref: torch.Tensor, got: torch.Tensor) -> float:
 
 def prepare_float(model: nn.Module, calibration: torch.Tensor, config: Int8Config,
                   keep_fp32: set[str] | None = None) -> tuple[nn.Module, dict]:
-    """The torch-side steps: BN folded, then CLE, then bias correction (on calibration images;
-    not on the ``keep_fp32`` layers, whose weights will not be rounded)."""
+    """The torch-side steps: BN folded, then CLE, then GPTQ rounding, then bias correction (on
+    calibration images; not on the ``keep_fp32`` layers, whose weights will not be rounded)."""
     from edgevision.export.fuse import fuse_bn
     from edgevision.export.quantize import _cpu_has_vnni
 
@@ -85,10 +96,15 @@ def prepare_float(model: nn.Module, calibration: torch.Tensor, config: Int8Confi
 
         m, pairs = equalize(m, relu6=config.relu6, inplace=True)
         info["cle_pairs"] = len(pairs)
+    rr = (not _cpu_has_vnni()) if config.reduce_range is None else config.reduce_range
+    if config.weight_rounding == "gptq":
+        from edgevision.export.gptq import gptq_round
+
+        info["gptq_layers"] = len(gptq_round(m, calibration, per_channel=config.per_channel, reduce_range=rr,
+                                             skip=keep_fp32, batch=config.calib_batch))
     if config.bias_correction:
         from edgevision.export.bias_correction import correct_bias
 
-        rr = (not _cpu_has_vnni()) if config.reduce_range is None else config.reduce_range
         m, done = correct_bias(m, calibration, per_channel=config.per_channel, reduce_range=rr, inplace=True,
                                skip=keep_fp32, weight_type=config.weight_type)
         info["bias_corrected_layers"] = len(done)
@@ -185,11 +201,14 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, evaluation: torc
         from edgevision.export.sensitivity import weight_sensitivity
 
         with torch.no_grad():
-            folded, _ = prepare_float(model, calibration, replace(config, bias_correction=False))
+            # scored on the float weights: rounding already-rounded (GPTQ) weights would score 0
+            folded, _ = prepare_float(model, calibration, replace(config, bias_correction=False,
+                                                                  weight_rounding="nearest"))
         layer_scores = weight_sensitivity(folded, sens, config.per_channel, rr, weight_type=config.weight_type)
         keep = [n for n, s in layer_scores[:config.exclude_top_k] if s > 0]
-    key = (config.cle, config.relu6 if config.cle else None, config.bias_correction,
-           (config.per_channel, rr, config.weight_type, tuple(keep)) if config.bias_correction else None)
+    rounded = config.bias_correction or config.weight_rounding != "nearest"
+    key = (config.cle, config.relu6 if config.cle else None, config.bias_correction, config.weight_rounding,
+           (config.per_channel, rr, config.weight_type, tuple(keep)) if rounded else None)
     if prepared_cache is not None and key in prepared_cache:
         prepared, info, pre = prepared_cache[key]
         info = dict(info)

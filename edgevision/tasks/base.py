@@ -286,7 +286,7 @@ class DenseTask(Task):
 
     def train_mode(self, run, net: nn.Module) -> None:
         net.train()
-        if self.backbone_init and self.backbone_init["norm_eval"]:
+        if (self.backbone_init and self.backbone_init["norm_eval"]) or run.cfg.freeze_bn:
             freeze_backbone_bn_stats(getattr(net, "module", net))  # DDP wraps the model
 
     def build_kwargs(self, cfg) -> dict:

@@ -117,11 +117,15 @@ def freeze_backbone(model: nn.Module, head_keys: set[str]) -> int:
     return trainable
 
 
-def freeze_bn_stats(model: nn.Module) -> None:
+def freeze_bn_stats(model: nn.Module, all_bn: bool = False) -> None:
+    """BatchNorms in eval mode (running statistics kept): those with frozen parameters, or with
+    ``all_bn`` every one. Fine-tuning on a narrow domain (e.g. grey images) otherwise re-estimates
+    the statistics of channels that barely vary there and scales them up by 1/std, which makes
+    the network sensitive to small perturbations such as int8 rounding."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             ps = list(m.parameters(recurse=False))
-            if ps and not any(p.requires_grad for p in ps):
+            if all_bn or (ps and not any(p.requires_grad for p in ps)):
                 m.eval()
 
 
@@ -291,8 +295,8 @@ class ClassificationTask(Task):
 
     def train_mode(self, run, net) -> None:
         net.train()
-        if run.cfg.freeze_backbone:
-            freeze_bn_stats(net)
+        if run.cfg.freeze_backbone or run.cfg.freeze_bn:
+            freeze_bn_stats(net, all_bn=run.cfg.freeze_bn)
 
     def to_device(self, run, batch, train: bool):
         images, targets = super().to_device(run, batch, train)

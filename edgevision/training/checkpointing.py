@@ -122,7 +122,7 @@ SCHEDULE_KEYS = ("epochs", "sched", "lr", "lr_base", "lr_base_batch", "batch_siz
 # Options whose change makes a resumed run differ from an uninterrupted one.
 RESUME_KEYS = ("data", "recipe", "batch_size", "lr", "lr_base", "lr_base_batch", "opt", "sched",
                "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "drop_path",
-               "clip_grad", "ema", "ema_decay", "amp", "seed", "checkpoint", "freeze_backbone",
+               "clip_grad", "ema", "ema_decay", "amp", "seed", "checkpoint", "freeze_backbone", "freeze_bn",
                "head_width_scale", "img_size", "crop_scale", "hflip", "color_jitter", "auto_augment",
                "interpolation", "mixup", "cutmix", "val_fraction", "max_steps_per_epoch",
                "sparsity", "prune_start", "prune_end", "prune_scope", "prune_pattern")

@@ -38,6 +38,7 @@ class TrainConfig:
     resume: str | None = "auto"  # auto: continue from output/last.pth when present
     checkpoint: str | None = None  # pretrained weights to fine-tune from (new head)
     freeze_backbone: bool = False
+    freeze_bn: bool = False  # BatchNorm running statistics stay the checkpoint's (affine still trains)
     head_width_scale: float = 1.0  # e.g. 0.5: a slimmer pre-logits layer (MobileNetV3's conv_head)
     workers: int = 2
     img_size: int = 224
@@ -128,6 +129,9 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.freeze_backbone and not cfg.checkpoint:
         raise ValueError("--freeze-backbone needs --checkpoint (pretrained weights): a randomly "
                          "initialised backbone would stay random")
+    if cfg.freeze_bn and not cfg.checkpoint:
+        raise ValueError("--freeze-bn needs --checkpoint (pretrained weights): a randomly initialised "
+                         "network has no BatchNorm statistics worth keeping")
     if not 0.0 <= float(cfg.sparsity) < 1.0:
         raise ValueError(f"--sparsity must be in [0, 1) (the fraction of weights set to zero); got {cfg.sparsity}")
     if cfg.prune_start < 0:
