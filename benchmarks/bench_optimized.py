@@ -12,7 +12,12 @@ not depend on them). Variants, each the library's own code:
 - ``optimized``: the ``optimized`` bench runtime as the CLI runs it (also glibc keeping
   freed memory, :func:`edgevision.export.optimize.keep_heap`);
 - ``eager-heap``: plain eager with the allocator setting only (how much of the gain is
-  the allocator's).
+  the allocator's);
+- ``official-eager`` (EMO models, with ``--official-repo`` pointing to a local checkout of
+  zhangzjn/EMO, which needs ``einops``): the official code's model, plain eager, in a fresh
+  process as its users run it. With ``--official-repo`` every EMO worker builds the official
+  model from the same seed and ours gets its weights through the checkpoint converter, so all
+  variants run the same weights and the max |Δ| column compares the official outputs too.
 
 The allocator setting is process-wide, so every variant runs in its own worker process
 (spawned: a clean allocator each) holding its model and input; the parent times them with
@@ -46,20 +51,29 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ["emo_1m", "edgenext_xx_small", "mobilenetv2_100", "edgevit_xxs"]
-VARIANTS = ["eager", "channels_last", "optimized-noheap", "optimized", "eager-heap"]
+DEFAULT_VARIANTS = ["eager", "channels_last", "optimized-noheap", "optimized", "eager-heap"]
+VARIANTS = [*DEFAULT_VARIANTS, "official-eager"]
 # variant -> (bench runtime, allocator setting)
 _SPEC = {"eager": ("eager", False), "channels_last": ("channels_last", False),
          "optimized-noheap": ("optimized", False), "optimized": ("optimized", True),
-         "eager-heap": ("eager", True)}
+         "eager-heap": ("eager", True), "official-eager": ("eager", False)}
 CLAIM = ("emo_1m", "edgenext_xx_small")  # EMO paper: 2.16x EdgeNeXt-XXS's CPU throughput
 
 
-def _build(name: str) -> torch.nn.Module:
+def _build(name: str, official_repo: str | None = None, official: bool = False) -> torch.nn.Module:
     import timm
 
     import edgevision as ev
 
     torch.manual_seed(0)
+    if official_repo and name.startswith("emo_"):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_emo_edgenext import load_official
+
+        theirs, ours = load_official(official_repo, name)
+        return theirs if official else ours
+    if official:
+        raise ValueError(f"official-eager needs --official-repo and an EMO model; got {name}")
     if name in ev.list_models():
         return ev.create_model(name).eval()
     return timm.create_model(name, pretrained=False).eval()
@@ -69,7 +83,7 @@ def _input(batch: int, size: int) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def _worker(conn, name: str, variant: str, batch: int, size: int, threads: int) -> None:
+def _worker(conn, name: str, variant: str, batch: int, size: int, threads: int, official_repo=None) -> None:
     """One variant in its own process: build, prepare, then one forward per "run" request."""
     try:
         runtime, heap = _SPEC[variant] if variant != "noop" else (None, False)
@@ -86,7 +100,7 @@ def _worker(conn, name: str, variant: str, batch: int, size: int, threads: int) 
         else:
             from edgevision.profiling.runtimes import get_runtime
 
-            model = _build(name)
+            model = _build(name, official_repo, official=variant == "official-eager")
             x = _input(batch, size)
             fn = get_runtime(runtime, threads=threads).prepare(model, x)
             with torch.inference_mode():
@@ -116,9 +130,10 @@ def _worker(conn, name: str, variant: str, batch: int, size: int, threads: int) 
 class _Remote:
     """A worker process as a callable for measure_interleaved (it ignores the argument)."""
 
-    def __init__(self, ctx, name, variant, batch, size, threads):
+    def __init__(self, ctx, name, variant, batch, size, threads, official_repo=None):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, name, variant, batch, size, threads), daemon=True)
+        self.proc = ctx.Process(target=_worker, args=(child, name, variant, batch, size, threads, official_repo),
+                                daemon=True)
         self.proc.start()
 
     def ready(self, timeout: float = 900):
@@ -160,7 +175,8 @@ def run_group(ctx, name, batch, args) -> list[dict]:
     """All variants of one model at one batch size, timed interleaved."""
     from edgevision.profiling.timing import measure_interleaved
 
-    workers = {v: _Remote(ctx, name, v, batch, args.size, args.threads) for v in args.variants}
+    variants = [v for v in args.variants if v != "official-eager" or name.startswith("emo_")]
+    workers = {v: _Remote(ctx, name, v, batch, args.size, args.threads, args.official_repo) for v in variants}
     try:
         ready = {v: w.ready() for v, w in workers.items()}
         errors = {v: r[1] for v, r in ready.items() if r[0] == "error"}
@@ -175,7 +191,7 @@ def run_group(ctx, name, batch, args) -> list[dict]:
             stats = measure_interleaved(ok, torch.empty(batch), warmup=0, iters=iters, rounds=args.rounds)
         ref = ready.get("eager", (None, None))[1]
         rows = []
-        for v in args.variants:
+        for v in variants:
             row = dict(model=name, batch=batch, variant=v)
             if v in errors:
                 rows.append({**row, "error": errors[v]})
@@ -190,9 +206,12 @@ def run_group(ctx, name, batch, args) -> list[dict]:
                                                            "inplace_binary_ops", "heap_kept") if k in info})
             rows.append(row)
         eager = next((r for r in rows if r["variant"] == "eager" and "median_ms" in r), None)
+        official = next((r for r in rows if r["variant"] == "official-eager" and "median_ms" in r), None)
         for r in rows:
             if eager and "median_ms" in r:
                 r["speedup_vs_eager"] = eager["median_ms"] / r["median_ms"]
+            if official and "median_ms" in r:
+                r["time_vs_official_eager"] = r["median_ms"] / official["median_ms"]
         return rows
     finally:
         for w in workers.values():
@@ -232,6 +251,13 @@ def to_markdown(report: dict) -> str:
             f"{r['p90_ms']:.2f} | {r['throughput']:.1f} | {_fmt(r.get('speedup_vs_eager'), '.2f')} | "
             f"{r['minor_faults_per_call']:.0f} | {r['max_rss_mb']:.0f} | "
             f"{_fmt(r['max_abs_diff_vs_eager'], '.1e')} | {ops} |")
+    vs = [r for r in report["results"] if r.get("time_vs_official_eager") is not None
+          and r["variant"] != "official-eager"]
+    if vs:
+        lines += ["", "Time relative to the official EMO code's plain eager (same weights, each in a fresh "
+                  "process; issue 12's target for `optimized`: <= 0.5 at batch 32):", "",
+                  "| model | batch | variant | time / official eager |", "|---|---:|---|---:|"]
+        lines += [f"| {r['model']} | {r['batch']} | {r['variant']} | {r['time_vs_official_eager']:.2f} |" for r in vs]
     if report["claim"]:
         lines += ["", "EMO-1M / EdgeNeXt-XXS throughput (the EMO paper claims 2.16; the two models are "
                   "timed in consecutive groups, not interleaved with each other):", "",
@@ -256,7 +282,10 @@ def _claim(rows: list[dict]) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default {','.join(MODELS)})")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated from {','.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated from {','.join(VARIANTS)}")
+    p.add_argument("--official-repo", default=None,
+                   help="a local checkout of zhangzjn/EMO: adds official-eager for the EMO models (needs einops)")
     p.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--threads", type=int, default=1)
@@ -272,6 +301,10 @@ def main(argv=None) -> int:
         p.error(f"unknown variants {unknown}; choose from {VARIANTS}")
     if "eager" not in args.variants:
         args.variants.insert(0, "eager")  # the baseline of every ratio
+    if args.official_repo and "official-eager" not in args.variants:
+        args.variants.append("official-eager")
+    if "official-eager" in args.variants and not args.official_repo:
+        p.error("official-eager needs --official-repo (a local checkout of zhangzjn/EMO)")
     batches = [int(b) for b in args.batch.split(",") if b]
 
     from edgevision.jsonout import to_json
