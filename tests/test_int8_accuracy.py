@@ -217,6 +217,27 @@ def test_mixed_precision_excludes_the_named_nodes(toy_onnx, tmp_path):
         [(a.name, producer[a.input[0]].op_type) for a in acts]
 
 
+def test_a_layer_kept_fp32_stays_fp32_in_our_sessions(toy_onnx, tmp_path):
+    """ORT's WeightBiasQuantization transformer would quantize a float conv between quantized
+    neighbours (per tensor), undoing mixed precision: our sessions must run it as the file says,
+    i.e. give what the session with every graph optimization off gives."""
+    import onnxruntime as ort
+
+    from edgevision.export.int8 import run_onnx
+    from edgevision.export.quantize import quantizable_nodes, quantize_onnx_static
+
+    calib = torch.randn(16, 3, 16, 16)
+    dw = quantizable_nodes(toy_onnx)[1]  # the depthwise conv: very unequal per-channel scales
+    out = quantize_onnx_static(toy_onnx, tmp_path / "q.onnx", calib, batch=8, nodes_to_exclude=[dw],
+                               preprocess=False)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    x = torch.randn(8, 3, 16, 16)
+    as_written = torch.from_numpy(plain.run(None, {plain.get_inputs()[0].name: x.numpy()})[0])
+    torch.testing.assert_close(run_onnx(out, x), as_written, atol=1e-4, rtol=1e-4)
+
+
 def test_quantize_model_with_sensitivity_and_every_technique(tmp_path):
     from edgevision.export.int8 import Int8Config, quantize_model
 

@@ -193,7 +193,10 @@ def tuned_ort_session(path: str | Path, threads: int | None = None, batch: int |
     name = _symbolic_batch(path) if batch else None
     if name:
         opts.add_free_dimension_override_by_name(name, int(batch))
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from edgevision.export.onnx import DISABLED_ORT_OPTIMIZERS  # keeps mixed-precision layers fp32
+
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=DISABLED_ORT_OPTIMIZERS)
 
 
 class OnnxRuntime(Runtime):
