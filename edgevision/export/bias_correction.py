@@ -32,17 +32,22 @@ def fake_quantize_weight(w: torch.Tensor, per_channel: bool = True, reduce_range
 
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"weight_type must be one of {', '.join(WEIGHT_TYPES)}; got {weight_type!r}")
-    absmax = w.abs().flatten(1).amax(1) if per_channel else w.abs().max().expand(w.shape[0])
     shape = (-1, *([1] * (w.dim() - 1)))
-    tiny = torch.finfo(w.dtype).tiny
     if weight_type == "uint8":
         qmax = 127.0 if reduce_range else 255.0
-        scale = (2 * absmax / qmax).clamp_min(tiny).view(shape)
+        scale = int8_scale(w, per_channel, qmax / 2).view(shape)  # 2 max|w| / qmax
         zero = torch.round(torch.tensor(qmax / 2))  # half to even, as numpy rounds in ORT: 128, 64
         return (torch.clamp(torch.round(w / scale) + zero, 0, 255) - zero) * scale
     qmax = 64.0 if reduce_range else 127.0
-    scale = (absmax / qmax).clamp_min(tiny).view(shape)
+    scale = int8_scale(w, per_channel, qmax).view(shape)
     return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+
+
+def int8_scale(w: torch.Tensor, per_channel: bool, qmax: float) -> torch.Tensor:
+    """ORT's symmetric int8 weight scale, one per output channel (repeated when per tensor):
+    max|w| / qmax."""
+    absmax = w.abs().flatten(1).amax(1) if per_channel else w.abs().max().expand(w.shape[0])
+    return (absmax / qmax).clamp_min(torch.finfo(w.dtype).tiny)
 
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -94,16 +94,15 @@ def export_int8(model, fp32_path: str | Path, input_size, calibration: str | Pat
     images = calibration_images(calibration, size=input_size[-1], n=32, mean=norm["mean"], std=norm["std"])
     images = images[: (len(images) // input_size[0]) * input_size[0]]
     source, rr = fp32_path, not _cpu_has_vnni()
-    if rounding == "gptq":
+    if rounding == "gptq":  # the torch-side steps of quantize_model: BN folded, then GPTQ
         import torch
 
-        from edgevision.export.fuse import fuse_bn
-        from edgevision.export.gptq import gptq_round
+        from edgevision.export.int8 import Int8Config, prepare_float
         from edgevision.export.onnx import export_onnx
 
-        rounded = fuse_bn(model.eval(), images[:1], inplace=False).eval()
         with torch.no_grad():
-            gptq_round(rounded, images, reduce_range=rr, batch=input_size[0])
+            rounded, _ = prepare_float(model.eval(), images, Int8Config(weight_rounding="gptq", reduce_range=rr,
+                                                                        calib_batch=input_size[0]))
         source = export_onnx(rounded, fp32_path.with_suffix(".gptq.onnx"), tuple(input_size))
     try:
         int8_path = quantize_onnx_static(source, fp32_path.with_suffix(".int8.onnx"), images, batch=input_size[0],

@@ -23,9 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+from edgevision.export.bias_correction import _layers, int8_scale
 
 
 def _supported(m: nn.Module) -> bool:
@@ -42,11 +40,6 @@ def _patches(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     n, d, L = cols.shape  # d = C_in * kh * kw, channel-major, as the weight is laid out
     g = m.groups
     return cols.view(n, g, d // g, L).permute(1, 2, 0, 3).reshape(g, d // g, n * L)
-
-
-def _scale(w: torch.Tensor, per_channel: bool, qmax: float) -> torch.Tensor:
-    absmax = w.abs().flatten(1).amax(1) if per_channel else w.abs().max().expand(w.shape[0])
-    return (absmax / qmax).clamp_min(torch.finfo(w.dtype).tiny)
 
 
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, qmax: float,
@@ -89,7 +82,7 @@ def gptq_round(model: nn.Module, images: torch.Tensor, per_channel: bool = True,
     qmax = 64.0 if reduce_range else 127.0
     model.eval()
     done = []
-    for name, layer in _layers(model):
+    for name, layer in _layers(model).items():
         if name in skip or not _supported(layer):
             continue
         H = None
@@ -111,7 +104,7 @@ def gptq_round(model: nn.Module, images: torch.Tensor, per_channel: bool = True,
             continue
         w = layer.weight
         g = H.shape[0]
-        scale = _scale(w, per_channel, qmax)
+        scale = int8_scale(w, per_channel, qmax)
         w3 = w.reshape(g, w.shape[0] // g, -1)
         q = gptq_quantize(w3, H, scale.view(g, -1), qmax, damp).reshape(w.shape)
         # keep each row's largest weight at the end of the grid, so ORT re-derives this scale
