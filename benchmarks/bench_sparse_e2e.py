@@ -3,11 +3,14 @@
 MobileNetV2 and MobileNetV1 (timm weights layout, random init: speed does not depend on the
 values), pruned by magnitude to the given sparsity (first conv, depthwise and classifier
 dense), batch 1 at 224 px, fixed threads. Side by side in one process, interleaved rounds:
-  sparse     edgevision.sparse.compile (numba CSR 1x1, autotuned depthwise, NCHW, BN folded)
+  sparse     edgevision.sparse.compile (CSR 1x1 on numba or torch/MKL, autotuned numba
+             depthwise, NCHW, BN folded)
   optimized  edgevision.optimize on the same (zeros in) weights: channels_last, BN folded
   fused      torch eager NCHW, BN folded
   ort        ONNX Runtime fp32 of the dense network (our export), same threads
-Writes benchmarks/results/sparse_e2e.md.
+glibc's heap is kept (edgevision.export.optimize.keep_heap: freed large blocks are reused
+instead of unmapped) for the whole process, as `edgevision bench` does for both runtimes, so no
+runtime pays page faults the others do not. Writes benchmarks/results/sparse_e2e.md.
 
     flock /tmp/timing.lock .venv/bin/python benchmarks/bench_sparse_e2e.py
 """
@@ -43,6 +46,9 @@ def main(argv=None):
     ap.add_argument("--output", default="benchmarks/results/sparse_e2e.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from edgevision.export.optimize import keep_heap
+
+    heap = keep_heap()
     x = torch.randn(1, 3, args.size, args.size)
     load0 = os.getloadavg()
     table = []
@@ -81,17 +87,19 @@ def main(argv=None):
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads={args.threads}, "
              f"batch 1, {args.size} px, torch {torch.__version__}. Load average before/after: {load0[0]:.1f} / "
              f"{load1[0]:.1f} (shared machine: other jobs were running; the runtimes were timed in interleaved "
-             f"rounds, median of {args.rounds} rounds x {args.reps} calls, so they shared the load).", "",
+             f"rounds, median of {args.rounds} rounds x {args.reps} calls, so they shared the load). "
+             f"glibc heap kept for all runtimes: {heap}.", "",
              f"Magnitude-pruned to {args.sparsity:.0%} (layer scope; first conv, depthwise convs and classifier "
              "dense). Latency in ms; speed-up = runtime / sparse.", "",
              "| model | sparse | optimized (channels_last, BN folded) | fused eager NCHW | ORT dense | "
-             "sparse vs best torch | sparse vs ORT | sparse 1x1 / depthwise (numba) / kept dense |",
+             "sparse vs best torch | sparse vs ORT | sparse 1x1 (of which torch CSR) / depthwise (numba) / kept dense |",
              "|---|---|---|---|---|---|---|---|"]
     for name, med, info in table:
         best = min(med["optimized"], med["fused"])
         ort = med.get("ort", float("nan"))
         lines.append(f"| {name} | {med['sparse']:.2f} | {med['optimized']:.2f} | {med['fused']:.2f} | {ort:.2f} | "
-                     f"{best / med['sparse']:.2f}x | {ort / med['sparse']:.2f}x | {len(info['sparse'])} / "
+                     f"{best / med['sparse']:.2f}x | {ort / med['sparse']:.2f}x | {len(info['sparse'])} "
+                     f"({len(info['torch_csr'])}) / "
                      f"{len(info['depthwise'])} / {len(info['kept_dense'])} |")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

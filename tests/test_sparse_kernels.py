@@ -55,22 +55,35 @@ def test_block_csr_equals_dense(pattern, ob, ib, p, s, act, seed):
     np.testing.assert_allclose(y, ACTS[act](w @ x + b[:, None]), rtol=1e-4, atol=1e-4)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(c=st.integers(1, 12), h=st.integers(1, 20), w=st.integers(1, 20), k=st.sampled_from([1, 3, 5, 7]),
-       stride=st.sampled_from([1, 2]), seed=st.integers(0, 2**31 - 1), act=st.sampled_from([0, 2]))
-def test_depthwise_equals_torch(c, h, w, k, stride, seed, act):
-    pad = k // 2
+       stride=st.sampled_from([1, 2]), seed=st.integers(0, 2**31 - 1), act=st.sampled_from([0, 2]),
+       same=st.booleans(), threads=st.sampled_from([1, 2]))
+def test_depthwise_equals_torch(c, h, w, k, stride, seed, act, same, threads):
+    """Every path of kernels.depthwise (flattened planes at stride 1 and 2, per-tap passes,
+    the zero-padded fallback) equals torch's conv, borders included."""
+    pad = k // 2 if same else max(0, k // 2 - 1)
+    if (h + 2 * pad - k) < 0 or (w + 2 * pad - k) < 0:
+        return
     torch.manual_seed(seed)
     conv = nn.Conv2d(c, c, k, stride, pad, groups=c)
     x = torch.randn(1, c, h, w)
     with torch.no_grad():
         ref = conv(x)[0].numpy()
-    xp = np.empty((c, h + 2 * pad, w + 2 * pad), np.float32)
-    K.pad_chw(x[0].numpy(), pad, pad, xp)
     y = np.full(ref.shape, np.nan, np.float32)
-    kern = K.depthwise3x3 if k == 3 else K.depthwise_kxk
-    kern(xp, conv.weight.detach()[:, 0].numpy().copy(), conv.bias.detach().numpy().copy(), stride, y, act)
+    K.depthwise(x[0].numpy(), conv.weight.detach()[:, 0].numpy().copy(), conv.bias.detach().numpy().copy(),
+                stride, (pad, pad), y, act, threads)
     np.testing.assert_allclose(y, ACTS[act](ref), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w,k,stride,path", [(14, 14, 3, 1, "3x3/s1"), (2, 9, 3, 1, "taps/s1"),
+                                               (14, 14, 5, 1, "taps/s1"), (14, 14, 3, 2, "3x3/s2"),
+                                               (2, 6, 3, 2, "taps/s2"), (14, 14, 5, 2, "taps/s2"),
+                                               (7, 7, 3, 2, "padded")])
+def test_depthwise_path_choice(h, w, k, stride, path):
+    """The hypothesis test above covers all of these paths only if they are chosen as meant."""
+    assert K.depthwise_path(h, w, k, stride, k // 2) == path
+    assert K.depthwise_path(h, w, 3, stride, 0) == "padded"
 
 
 def test_bcsr_needs_whole_blocks():
@@ -94,6 +107,10 @@ def test_runtime_equals_masked_dense(name):
         ref = m(x)
     out = sm(x)
     assert (out - ref).abs().max().item() <= 1e-4
+    for mod in sm.modules():  # the other 1x1 backend: torch's sparse CSR matmul
+        if isinstance(mod, SparseConv1x1):
+            mod.backend = "torch"
+    assert (sm(x) - ref).abs().max().item() <= 1e-4
 
 
 def test_runtime_block_pattern_and_autotune():
