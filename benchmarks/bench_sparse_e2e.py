@@ -92,15 +92,17 @@ def main(argv=None):
              f"Magnitude-pruned to {args.sparsity:.0%} (layer scope; first conv, depthwise convs and classifier "
              "dense). Latency in ms; speed-up = runtime / sparse.", "",
              "| model | sparse | optimized (channels_last, BN folded) | fused eager NCHW | ORT dense | "
-             "sparse vs best torch | sparse vs ORT | sparse 1x1 (of which torch CSR) / depthwise (numba) / kept dense |",
-             "|---|---|---|---|---|---|---|---|"]
+             "sparse vs best torch | sparse vs ORT | sparse 1x1 (of which torch CSR) / depthwise (numba) / kept dense "
+             "/ fused blocks | graph |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, med, info in table:
         best = min(med["optimized"], med["fused"])
         ort = med.get("ort", float("nan"))
         lines.append(f"| {name} | {med['sparse']:.2f} | {med['optimized']:.2f} | {med['fused']:.2f} | {ort:.2f} | "
                      f"{best / med['sparse']:.2f}x | {ort / med['sparse']:.2f}x | {len(info['sparse'])} "
                      f"({len(info['torch_csr'])}) / "
-                     f"{len(info['depthwise'])} / {len(info['kept_dense'])} |")
+                     f"{len(info['depthwise'])} / {len(info['kept_dense'])} / {len(info['fused_blocks'])} | "
+                     f"{info['graph']} |")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

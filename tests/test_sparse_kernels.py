@@ -95,13 +95,17 @@ FAMILIES = ["mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_large_100", "effi
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_runtime_equals_masked_dense(name):
+@pytest.mark.parametrize("fuse_flatten", [True, False])
+def test_runtime_equals_masked_dense(name, fuse_flatten):
     torch.manual_seed(0)
     m = ev.create_model(name, num_classes=10).eval()
     prune(m, 0.8)
     x = torch.randn(2, 3, 64, 64)
-    sm = sparse_compile(m, x[:1], autotune=False)  # every candidate replaced: all kernels run
+    # every candidate replaced (all kernels run); with fuse_flatten every fusable block fused too
+    sm = sparse_compile(m, x[:1], autotune=False, fuse=fuse_flatten, flatten=fuse_flatten)
     assert sm.sparse_info["sparse"] and sm.sparse_info["depthwise"]
+    assert bool(sm.sparse_info["fused_blocks"]) == fuse_flatten
+    assert sm.sparse_info["graph"] == ("fx" if fuse_flatten else "module")
     assert any(isinstance(mod, SparseConv1x1) for mod in sm.modules())
     with torch.no_grad():
         ref = m(x)
@@ -111,6 +115,45 @@ def test_runtime_equals_masked_dense(name):
         if isinstance(mod, SparseConv1x1):
             mod.backend = "torch"
     assert (sm(x) - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("kind,stride,skip", [("ir", 1, True), ("ir", 1, False), ("ir", 2, False),
+                                              ("ds", 1, True), ("ds", 2, False)])
+def test_fused_block_equals_block(kind, stride, skip):
+    """FusedBlock (one channel-streaming kernel) equals the BN-folded timm block: inverted
+    residual and depthwise-separable, strides 1 and 2, with and without the skip (the
+    depthwise-separable one with an activation after its 1x1, then the skip); sizes the kernel
+    does not take run the fallback."""
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+
+    from edgevision.export.fuse import fuse_bn
+    from edgevision.sparse.runtime import FusedBlock, _fusable
+
+    torch.manual_seed(0)
+    cin, cout = 8, (8 if skip else 12)
+    if kind == "ir":
+        block = InvertedResidual(cin, cout, stride=stride, exp_ratio=4.0, act_layer=nn.ReLU6, noskip=not skip)
+    else:
+        block = DepthwiseSeparableConv(cin, cout, stride=stride, act_layer=nn.ReLU, pw_act=True, noskip=not skip)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.mul_((torch.rand_like(p) > 0.6).float()) if p.dim() == 4 and p.shape[1] > 1 else None
+        for mod in block.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-1, 1)
+                mod.running_var.uniform_(0.5, 2)
+    block.eval()
+    fuse_bn(block, torch.randn(1, cin, 12, 12))
+    assert block.has_skip == skip
+    fb = _fusable(block)
+    assert isinstance(fb, FusedBlock)
+    fb.set_fallback(block)
+    for h, w in ((12, 12), (16, 10), (7, 9), (2, 2)):  # the last two: fallback at stride 2 / tiny maps
+        x = torch.randn(2, cin, h, w)
+        with torch.no_grad():
+            ref = block(x)
+        assert fb.fits(h, w) == ((h % 2 == 0 and w % 2 == 0 and h >= 4) if stride == 2 else h >= 3)
+        torch.testing.assert_close(fb(x), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_runtime_block_pattern_and_autotune():

@@ -292,10 +292,14 @@ def depthwise_kxk(xp, w, bias, stride, y, act):
 
 # ------------------------------------------------- depthwise on flattened planes ("same" pad)
 
-@njit(fastmath=True, boundscheck=False, nogil=True, cache=True) if numba is not None else (lambda f: f)
-def _dw_point(x, c, h, wd, w, b, oy, ox, stride, pad):
-    """One output of a depthwise conv of plane c of x[C, h*wd], with border tests (for the few
-    outputs the vector loops skip)."""
+_njit = (njit(fastmath=True, boundscheck=False, nogil=True, cache=True) if numba is not None
+         else (lambda f: f))
+
+
+@_njit
+def _dw_point(x, xi, h, wd, w, c, b, oy, ox, stride, pad):
+    """One output of a depthwise conv (weights w[c]) of plane xi of x[., h*wd], with border
+    tests (for the few outputs the vector loops skip)."""
     k = w.shape[1]
     s = b
     for ky in range(k):
@@ -304,11 +308,25 @@ def _dw_point(x, c, h, wd, w, b, oy, ox, stride, pad):
             for kx in range(k):
                 ix = ox * stride + kx - pad
                 if 0 <= ix < wd:
-                    s += w[c, ky, kx] * x[c, iy * wd + ix]
+                    s += w[c, ky, kx] * x[xi, iy * wd + ix]
     return s
 
 
-@njit(fastmath=True, boundscheck=False, nogil=True, cache=True) if numba is not None else (lambda f: f)
+@_njit
+def _dw_point_parity(planes, pi, wo, w, c, b, oy, ox):
+    """One output of a 3x3, stride 2, pad 1 depthwise conv read from parity planes[pi]."""
+    s = b
+    for ky in range(3):
+        iy = 2 * oy + ky - 1
+        if iy >= 0:
+            for kx in range(3):
+                ix = 2 * ox + kx - 1
+                if ix >= 0:
+                    s += w[c, ky, kx] * planes[pi, (iy % 2) * 2 + ix % 2, (iy // 2) * wo + ix // 2]
+    return s
+
+
+@_njit
 def _act_plane(y, c, n, act):
     if act == 1:
         for q in range(n):
@@ -323,38 +341,72 @@ def _act_plane(y, c, n, act):
 # wrap-around and vectorizes over r. (Slicing per channel instead costs reference counting per
 # slice: 30x slower on 960 channels of 7x7.)
 
-@_jit
-def dw3x3_s1(x, w, bias, wd, ml, mr, y, act):
-    """3x3 depthwise, stride 1, pad 1: x, y [C, H*W]; ml / mr [H*W] are 0 in the first / last
-    column. Needs H >= 3 and W >= 2."""
-    n_ch, hw = x.shape
+@_njit
+def _dw3_s1_plane(x, xi, wd, w, c, b, ml, mr, y, yi, act):
+    """y[yi] = 3x3 depthwise (weights w[c], bias b, stride 1, pad 1) of x[xi], planes of
+    H*W = x.shape[1] pixels, then ``act``. Needs H >= 3 and W >= 2."""
+    hw = x.shape[1]
     wd = max(wd, 1)
     h = hw // wd
     w1, w2 = wd + 1, wd + 2
     v1, v2, v3 = 2 * wd, 2 * wd + 1, 2 * wd + 2
     n_mid = max(hw - 2 * wd - 2, 0)
     last = max(hw - 2 * wd - 1, 0)  # input index of the last row's first top-left tap
-    for c in _prange(n_ch):
-        w00, w01, w02 = w[c, 0, 0], w[c, 0, 1], w[c, 0, 2]
-        w10, w11, w12 = w[c, 1, 0], w[c, 1, 1], w[c, 1, 2]
-        w20, w21, w22 = w[c, 2, 0], w[c, 2, 1], w[c, 2, 2]
-        b = bias[c]
-        for r in range(wd - 1):  # first row, outputs 1 .. W-1: no row above
-            y[c, r + 1] = (b + ml[r + 1] * (w10 * x[c, r] + w20 * x[c, r + wd])
-                           + w11 * x[c, r + 1] + w21 * x[c, r + w1]
-                           + mr[r + 1] * (w12 * x[c, r + 2] + w22 * x[c, r + w2]))
-        for r in range(n_mid):  # middle rows, outputs W+1 .. HW-W-2
-            y[c, r + w1] = (b + ml[r + w1] * (w00 * x[c, r] + w10 * x[c, r + wd] + w20 * x[c, r + v1])
-                            + w01 * x[c, r + 1] + w11 * x[c, r + w1] + w21 * x[c, r + v2]
-                            + mr[r + w1] * (w02 * x[c, r + 2] + w12 * x[c, r + w2] + w22 * x[c, r + v3]))
-        o = last + w1
-        for r in range(wd - 1):  # last row, outputs HW-W .. HW-2: no row below
-            y[c, r + o] = (b + ml[r + o] * (w00 * x[c, r + last] + w10 * x[c, r + last + wd])
-                           + w01 * x[c, r + last + 1] + w11 * x[c, r + last + w1]
-                           + mr[r + o] * (w02 * x[c, r + last + 2] + w12 * x[c, r + last + w2]))
-        for q in (0, wd, hw - wd - 1, hw - 1):  # the loops skip these: their reads leave the array
-            y[c, q] = _dw_point(x, c, h, wd, w, b, q // wd, q % wd, 1, 1)
-        _act_plane(y, c, hw, act)
+    w00, w01, w02 = w[c, 0, 0], w[c, 0, 1], w[c, 0, 2]
+    w10, w11, w12 = w[c, 1, 0], w[c, 1, 1], w[c, 1, 2]
+    w20, w21, w22 = w[c, 2, 0], w[c, 2, 1], w[c, 2, 2]
+    for r in range(wd - 1):  # first row, outputs 1 .. W-1: no row above
+        y[yi, r + 1] = (b + ml[r + 1] * (w10 * x[xi, r] + w20 * x[xi, r + wd])
+                        + w11 * x[xi, r + 1] + w21 * x[xi, r + w1]
+                        + mr[r + 1] * (w12 * x[xi, r + 2] + w22 * x[xi, r + w2]))
+    for r in range(n_mid):  # middle rows, outputs W+1 .. HW-W-2
+        y[yi, r + w1] = (b + ml[r + w1] * (w00 * x[xi, r] + w10 * x[xi, r + wd] + w20 * x[xi, r + v1])
+                         + w01 * x[xi, r + 1] + w11 * x[xi, r + w1] + w21 * x[xi, r + v2]
+                         + mr[r + w1] * (w02 * x[xi, r + 2] + w12 * x[xi, r + w2] + w22 * x[xi, r + v3]))
+    o = last + w1
+    for r in range(wd - 1):  # last row, outputs HW-W .. HW-2: no row below
+        y[yi, r + o] = (b + ml[r + o] * (w00 * x[xi, r + last] + w10 * x[xi, r + last + wd])
+                        + w01 * x[xi, r + last + 1] + w11 * x[xi, r + last + w1]
+                        + mr[r + o] * (w02 * x[xi, r + last + 2] + w12 * x[xi, r + last + w2]))
+    for q in (0, wd, hw - wd - 1, hw - 1):  # the loops skip these: their reads leave the array
+        y[yi, q] = _dw_point(x, xi, h, wd, w, c, b, q // wd, q % wd, 1, 1)
+    _act_plane(y, yi, hw, act)
+
+
+@_njit
+def _dw3_s2_plane(planes, pi, wo, w, c, b, ml, y, yi, act):
+    """y[yi] (Ho*Wo = y.shape[1] outputs) = 3x3 depthwise (weights w[c], bias b, stride 2,
+    pad 1) of the image whose parity planes are planes[pi] (0 ee, 1 eo, 2 oe, 3 oo; see
+    split_parity; H and W even, H >= 4), then ``act``; ml is 0 in the first output column.
+    Output (oy, ox) reads rows 2oy-1 (odd, oy-1), 2oy (even, oy), 2oy+1 (odd, oy) and
+    columns 2ox-1 (odd, ox-1), 2ox (even, ox), 2ox+1 (odd, ox)."""
+    n = y.shape[1]
+    wo = max(wo, 1)
+    u1, u2 = wo + 1, 1
+    n_rest = max(n - wo - 1, 0)
+    w00, w01, w02 = w[c, 0, 0], w[c, 0, 1], w[c, 0, 2]
+    w10, w11, w12 = w[c, 1, 0], w[c, 1, 1], w[c, 1, 2]
+    w20, w21, w22 = w[c, 2, 0], w[c, 2, 1], w[c, 2, 2]
+    for r in range(wo - 1):  # first output row, outputs 1 .. Wo-1: no row above
+        y[yi, r + 1] = (b + ml[r + 1] * (w10 * planes[pi, 1, r] + w20 * planes[pi, 3, r])
+                        + w11 * planes[pi, 0, r + 1] + w21 * planes[pi, 2, r + 1]
+                        + w12 * planes[pi, 1, r + 1] + w22 * planes[pi, 3, r + 1])
+    for r in range(n_rest):  # the rest, outputs Wo+1 .. n-1
+        y[yi, r + u1] = (b + ml[r + u1] * (w00 * planes[pi, 3, r] + w10 * planes[pi, 1, r + wo]
+                                           + w20 * planes[pi, 3, r + wo])
+                         + w01 * planes[pi, 2, r + u2] + w11 * planes[pi, 0, r + u1] + w21 * planes[pi, 2, r + u1]
+                         + w02 * planes[pi, 3, r + u2] + w12 * planes[pi, 1, r + u1] + w22 * planes[pi, 3, r + u1])
+    for q in (0, wo):
+        y[yi, q] = _dw_point_parity(planes, pi, wo, w, c, b, q // wo, q % wo)
+    _act_plane(y, yi, n, act)
+
+
+@_jit
+def dw3x3_s1(x, w, bias, wd, ml, mr, y, act):
+    """3x3 depthwise, stride 1, pad 1: x, y [C, H*W]; ml / mr [H*W] are 0 in the first / last
+    column. Needs H >= 3 and W >= 2."""
+    for c in _prange(x.shape[0]):
+        _dw3_s1_plane(x, c, wd, w, c, bias[c], ml, mr, y, c, act)
 
 
 @_jit
@@ -374,33 +426,11 @@ def split_parity(x, planes):
 
 
 @_jit
-def dw3x3_s2(x, planes, w, bias, wo, ml, y, act):  # x: [C, H*W]
-    """3x3 depthwise, stride 2, pad 1, on the parity planes (0 ee, 1 eo, 2 oe, 3 oo; see
-    split_parity) of x[C, H, W], H and W even, H >= 4: y[C, Ho*Wo]; ml is 0 in the first
-    output column. Output (oy, ox) reads rows 2oy-1 (odd, oy-1), 2oy (even, oy), 2oy+1 (odd,
-    oy) and columns 2ox-1 (odd, ox-1), 2ox (even, ox), 2ox+1 (odd, ox)."""
-    n_ch, n = y.shape
-    wo = max(wo, 1)
-    h = x.shape[1] // (2 * wo)
-    u1, u2 = wo + 1, 1
-    n_rest = max(n - wo - 1, 0)
-    for c in _prange(n_ch):
-        w00, w01, w02 = w[c, 0, 0], w[c, 0, 1], w[c, 0, 2]
-        w10, w11, w12 = w[c, 1, 0], w[c, 1, 1], w[c, 1, 2]
-        w20, w21, w22 = w[c, 2, 0], w[c, 2, 1], w[c, 2, 2]
-        b = bias[c]
-        for r in range(wo - 1):  # first output row, outputs 1 .. Wo-1: no row above
-            y[c, r + 1] = (b + ml[r + 1] * (w10 * planes[c, 1, r] + w20 * planes[c, 3, r])
-                           + w11 * planes[c, 0, r + 1] + w21 * planes[c, 2, r + 1]
-                           + w12 * planes[c, 1, r + 1] + w22 * planes[c, 3, r + 1])
-        for r in range(n_rest):  # the rest, outputs Wo+1 .. n-1
-            y[c, r + u1] = (b + ml[r + u1] * (w00 * planes[c, 3, r] + w10 * planes[c, 1, r + wo]
-                                              + w20 * planes[c, 3, r + wo])
-                            + w01 * planes[c, 2, r + u2] + w11 * planes[c, 0, r + u1] + w21 * planes[c, 2, r + u1]
-                            + w02 * planes[c, 3, r + u2] + w12 * planes[c, 1, r + u1] + w22 * planes[c, 3, r + u1])
-        for q in (0, wo):
-            y[c, q] = _dw_point(x, c, h, 2 * wo, w, b, q // wo, q % wo, 2, 1)
-        _act_plane(y, c, n, act)
+def dw3x3_s2(planes, w, bias, wo, ml, y, act):
+    """3x3 depthwise, stride 2, pad 1, of images given by their parity planes[C, 4, Ho*Wo]
+    (see split_parity; H and W even, H >= 4): y[C, Ho*Wo]; ml is 0 in the first output column."""
+    for c in _prange(y.shape[0]):
+        _dw3_s2_plane(planes, c, wo, w, c, bias[c], ml, y, c, act)
 
 
 @_jit
@@ -491,7 +521,7 @@ def depthwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int, pad: 
         pick(split_parity, threads)(x, planes)
         if path == "3x3/s2":
             m = _masks(ho, wo, 1)
-            pick(dw3x3_s2, threads)(x.reshape(c, h * wd), planes, w, bias, wo, m[0], y.reshape(c, ho * wo), act)
+            pick(dw3x3_s2, threads)(planes, w, bias, wo, m[0], y.reshape(c, ho * wo), act)
         else:
             plane, dy, dx = _taps(k, 2)
             d = int(max(abs(dx.min()), abs(dx.max())))
@@ -500,3 +530,83 @@ def depthwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int, pad: 
         xp = np.empty((c, h + 2 * ph, wd + 2 * pw), np.float32)
         pick(pad_chw, threads)(x, ph, pw, xp)
         pick(depthwise3x3 if w.shape[1:] == (3, 3) else depthwise_kxk, threads)(xp, w, bias, stride, y, act)
+
+
+# ------------------------------------------------------------ fused blocks (channel streaming)
+
+@_njit
+def _csr_row_into(indptr, indices, data, o, b, x, y, yi, act):
+    """y[yi, :] = b + sum over row o of the CSR matrix of data[j] * x[indices[j], :], then act
+    (row views, as in csr_spmm: faster there than 2-D indexing)."""
+    yo = y[yi]
+    n = yo.shape[0]
+    for p in range(n):
+        yo[p] = b
+    j, j1 = indptr[o], indptr[o + 1]
+    while j + 4 <= j1:
+        x0, x1, x2, x3 = x[indices[j]], x[indices[j + 1]], x[indices[j + 2]], x[indices[j + 3]]
+        v0, v1, v2, v3 = data[j], data[j + 1], data[j + 2], data[j + 3]
+        for p in range(n):
+            yo[p] += v0 * x0[p] + v1 * x1[p] + v2 * x2[p] + v3 * x3[p]
+        j += 4
+    while j < j1:
+        x0, v0 = x[indices[j]], data[j]
+        for p in range(n):
+            yo[p] += v0 * x0[p]
+        j += 1
+    _finish(yo, act)
+
+
+@_njit
+def fused_block(x, xsplit, e_ptr, e_idx, e_val, e_bias, act1, dw_w, dw_b, wd, stride, act2, ml, mr,
+                p_ptr, p_idx, p_val, p_bias, act3, skip, buf3, dw_out, y):
+    """One inverted-residual block (1x1 expand, act1, 3x3 depthwise pad 1 stride 1 or 2, act2,
+    1x1 project, act3, + x if ``skip``) or, with an empty ``e_ptr``, one depthwise-separable
+    block (no expand), streamed one expanded channel at a time: its expanded plane and
+    depthwise output (``buf3`` / ``dw_out``, a few KB) stay in L1 and are added into the
+    projection's outputs at once, so the expanded tensor never goes to memory.
+
+    x[Cin, H*W] the block input; at stride 2 ``xsplit[Cin, 4, Ho*Wo]`` its parity planes (the
+    expand is per pixel, so expanding them gives the expanded channel's parity planes).
+    Expand and project weights are CSR with rows = expanded channels (the projection's
+    transposed, i.e. its columns): p_idx holds output channels. buf3 [1, 4, Ho*Wo] at stride
+    2, [1, 1, H*W] at stride 1; dw_out [1, Ho*Wo]; y [Cout, Ho*Wo]."""
+    n_out, n = y.shape
+    expand = e_ptr.shape[0] > 0
+    n_mid = e_ptr.shape[0] - 1 if expand else x.shape[0]
+    wo = wd // 2 if stride == 2 else wd
+    buf = buf3.reshape(1, buf3.shape[1] * buf3.shape[2])
+    xs2 = xsplit.reshape(xsplit.shape[0], xsplit.shape[1] * xsplit.shape[2])
+    add_early = skip and act3 == 0  # with an act after the projection, the skip is added after it
+    for o in range(n_out):
+        b = p_bias[o]
+        if add_early:
+            for q in range(n):
+                y[o, q] = b + x[o, q]
+        else:
+            for q in range(n):
+                y[o, q] = b
+    for e in range(n_mid):
+        if stride == 1:
+            if expand:
+                _csr_row_into(e_ptr, e_idx, e_val, e, e_bias[e], x, buf, 0, act1)
+                _dw3_s1_plane(buf, 0, wd, dw_w, e, dw_b[e], ml, mr, dw_out, 0, act2)
+            else:
+                _dw3_s1_plane(x, e, wd, dw_w, e, dw_b[e], ml, mr, dw_out, 0, act2)
+        else:
+            if expand:
+                _csr_row_into(e_ptr, e_idx, e_val, e, e_bias[e], xs2, buf, 0, act1)
+                _dw3_s2_plane(buf3, 0, wo, dw_w, e, dw_b[e], ml, dw_out, 0, act2)
+            else:
+                _dw3_s2_plane(xsplit, e, wo, dw_w, e, dw_b[e], ml, dw_out, 0, act2)
+        d = dw_out[0]
+        for j in range(p_ptr[e], p_ptr[e + 1]):
+            yo, v = y[p_idx[j]], p_val[j]
+            for q in range(n):
+                yo[q] += v * d[q]
+    if act3 != 0:
+        for o in range(n_out):
+            _act_plane(y, o, n, act3)
+            if skip:
+                for q in range(n):
+                    y[o, q] += x[o, q]
