@@ -148,12 +148,14 @@ def test_fused_block_equals_block(kind, stride, skip):
     fb = _fusable(block)
     assert isinstance(fb, FusedBlock)
     fb.set_fallback(block)
-    for h, w in ((12, 12), (16, 10), (7, 9), (2, 2)):  # the last two: fallback at stride 2 / tiny maps
-        x = torch.randn(2, cin, h, w)
-        with torch.no_grad():
-            ref = block(x)
-        assert fb.fits(h, w) == ((h % 2 == 0 and w % 2 == 0 and h >= 4) if stride == 2 else h >= 3)
-        torch.testing.assert_close(fb(x), ref, rtol=1e-5, atol=1e-5)
+    for budget in (FusedBlock.L2_BUDGET, 1):  # one band per image; bands of two output rows
+        fb.L2_BUDGET = budget
+        for h, w in ((12, 12), (16, 10), (14, 6), (7, 9), (2, 2)):  # the last two: fallback at stride 2 / tiny maps
+            x = torch.randn(2, cin, h, w)
+            with torch.no_grad():
+                ref = block(x)
+            assert fb.fits(h, w) == ((h % 2 == 0 and w % 2 == 0 and h >= 4) if stride == 2 else h >= 3)
+            torch.testing.assert_close(fb(x), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_runtime_block_pattern_and_autotune():

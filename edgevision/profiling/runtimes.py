@@ -290,7 +290,8 @@ class Pt2eInt8(Compile):
 
 
 class Sparse(Runtime):
-    name, summary = "sparse", "edgevision.sparse.compile: sparse 1x1 convs (numba CSR), BN folded, NCHW"
+    name, summary = "sparse", ("edgevision.sparse.compile: sparse 1x1 convs (CSR), numba depthwise, fused blocks, "
+                                "BN folded, NCHW, one fx graph")
 
     def check(self):
         require("numba", "sparse", "the sparse runtime")

@@ -535,22 +535,24 @@ def depthwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int, pad: 
 # ------------------------------------------------------------ fused blocks (channel streaming)
 
 @_njit
-def _csr_row_into(indptr, indices, data, o, b, x, y, yi, act):
-    """y[yi, :] = b + sum over row o of the CSR matrix of data[j] * x[indices[j], :], then act
-    (row views, as in csr_spmm: faster there than 2-D indexing)."""
-    yo = y[yi]
+def _csr_row_range(indptr, indices, data, o, b, x, lo, yo, act):
+    """yo[:] = b + sum over row o of the CSR matrix of data[j] * x[indices[j], lo:lo+len(yo)],
+    then act (row views, as in csr_spmm: faster there than 2-D indexing)."""
     n = yo.shape[0]
+    lo = max(lo, 0)
+    hi = lo + n
     for p in range(n):
         yo[p] = b
     j, j1 = indptr[o], indptr[o + 1]
     while j + 4 <= j1:
-        x0, x1, x2, x3 = x[indices[j]], x[indices[j + 1]], x[indices[j + 2]], x[indices[j + 3]]
+        x0, x1 = x[indices[j], lo:hi], x[indices[j + 1], lo:hi]
+        x2, x3 = x[indices[j + 2], lo:hi], x[indices[j + 3], lo:hi]
         v0, v1, v2, v3 = data[j], data[j + 1], data[j + 2], data[j + 3]
         for p in range(n):
             yo[p] += v0 * x0[p] + v1 * x1[p] + v2 * x2[p] + v3 * x3[p]
         j += 4
     while j < j1:
-        x0, v0 = x[indices[j]], data[j]
+        x0, v0 = x[indices[j], lo:hi], data[j]
         for p in range(n):
             yo[p] += v0 * x0[p]
         j += 1
@@ -558,55 +560,114 @@ def _csr_row_into(indptr, indices, data, o, b, x, y, yi, act):
 
 
 @_njit
-def fused_block(x, xsplit, e_ptr, e_idx, e_val, e_bias, act1, dw_w, dw_b, wd, stride, act2, ml, mr,
-                p_ptr, p_idx, p_val, p_bias, act3, skip, buf3, dw_out, y):
+def _split_rows(x, wd, a, b, out):
+    """out[C, 4, ((b-a)/2) (wd/2)] = the parity planes (see split_parity) of rows [a, b) of
+    x[C, H*wd]; a, b - a and wd even."""
+    wo = wd // 2
+    for c in range(x.shape[0]):
+        for i in range((b - a) // 2):
+            r0 = max((a + 2 * i) * wd, 0)
+            r1 = r0 + wd
+            o = max(i * wo, 0)
+            for j in range(wo):
+                out[c, 0, o + j] = x[c, r0 + 2 * j]
+                out[c, 1, o + j] = x[c, r0 + 2 * j + 1]
+                out[c, 2, o + j] = x[c, r1 + 2 * j]
+                out[c, 3, o + j] = x[c, r1 + 2 * j + 1]
+
+
+def fused_scratch(c_in: int, h: int, wd: int, stride: int, band: int):
+    """The 1-D scratch buffers fused_block needs: (buf, split, dw_out)."""
+    rows = min(band + 2, h) if stride == 1 else min(2 * band + 2, h)
+    n_dw = rows * wd if stride == 1 else (rows // 2) * (wd // 2)
+    return (np.empty(rows * wd, np.float32), np.empty(c_in * rows * wd if stride == 2 else 1, np.float32),
+            np.empty(n_dw, np.float32))
+
+
+@_njit
+def fused_block(x, e_ptr, e_idx, e_val, e_bias, act1, dw_w, dw_b, wd, stride, act2, ml, mr,
+                p_ptr, p_idx, p_val, p_bias, act3, skip, band, buf, split, dw_out, y):
     """One inverted-residual block (1x1 expand, act1, 3x3 depthwise pad 1 stride 1 or 2, act2,
     1x1 project, act3, + x if ``skip``) or, with an empty ``e_ptr``, one depthwise-separable
-    block (no expand), streamed one expanded channel at a time: its expanded plane and
-    depthwise output (``buf3`` / ``dw_out``, a few KB) stay in L1 and are added into the
-    projection's outputs at once, so the expanded tensor never goes to memory.
+    block (no expand), streamed one expanded channel at a time over bands of ``band`` output
+    rows: a channel's expanded rows and depthwise output (``buf`` / ``dw_out``, a few KB) stay
+    in L1 and are added at once into the band of the projection's outputs (kept in L2 by the
+    band height), so the expanded tensor never goes to memory. A band's expanded rows include
+    the one-row halo the depthwise needs (recomputed by both neighbouring bands).
 
-    x[Cin, H*W] the block input; at stride 2 ``xsplit[Cin, 4, Ho*Wo]`` its parity planes (the
-    expand is per pixel, so expanding them gives the expanded channel's parity planes).
-    Expand and project weights are CSR with rows = expanded channels (the projection's
-    transposed, i.e. its columns): p_idx holds output channels. buf3 [1, 4, Ho*Wo] at stride
-    2, [1, 1, H*W] at stride 1; dw_out [1, Ho*Wo]; y [Cout, Ho*Wo]."""
+    x[Cin, H*W] the block input, y[Cout, Ho*Wo]. Expand and project weights are CSR with rows
+    = expanded channels (the projection's transposed: p_idx holds output channels). At
+    stride 2 a band's input rows are first split into parity planes (``split``); the expand
+    is per pixel, so expanding them gives the expanded channel's parity planes. Scratch from
+    :func:`fused_scratch`; ml / mr: the column masks of an H x W (stride 1) or Ho x Wo
+    (stride 2) map."""
     n_out, n = y.shape
-    expand = e_ptr.shape[0] > 0
-    n_mid = e_ptr.shape[0] - 1 if expand else x.shape[0]
+    c_in, hw = x.shape
+    wd = max(wd, 1)
+    h = hw // wd
     wo = wd // 2 if stride == 2 else wd
-    buf = buf3.reshape(1, buf3.shape[1] * buf3.shape[2])
-    xs2 = xsplit.reshape(xsplit.shape[0], xsplit.shape[1] * xsplit.shape[2])
-    add_early = skip and act3 == 0  # with an act after the projection, the skip is added after it
-    for o in range(n_out):
-        b = p_bias[o]
-        if add_early:
-            for q in range(n):
-                y[o, q] = b + x[o, q]
+    wo = max(wo, 1)
+    ho = n // wo
+    expand = e_ptr.shape[0] > 0
+    n_mid = e_ptr.shape[0] - 1 if expand else c_in
+    add_early = skip and act3 == 0  # with an act after the projection, the skip comes after it
+    for r0 in range(0, ho, band):
+        r1 = min(r0 + band, ho)
+        if stride == 1:  # input rows [a, b) of the band (at least 3), its output row r0 at `off`
+            b = min(r1 + 1, h)
+            a = max(min(r0 - 1, b - 3), 0)
+            off = r0 - a
+            nin = (b - a) * wd
+            nbo = nin
         else:
-            for q in range(n):
-                y[o, q] = b
-    for e in range(n_mid):
-        if stride == 1:
-            if expand:
-                _csr_row_into(e_ptr, e_idx, e_val, e, e_bias[e], x, buf, 0, act1)
-                _dw3_s1_plane(buf, 0, wd, dw_w, e, dw_b[e], ml, mr, dw_out, 0, act2)
-            else:
-                _dw3_s1_plane(x, e, wd, dw_w, e, dw_b[e], ml, mr, dw_out, 0, act2)
-        else:
-            if expand:
-                _csr_row_into(e_ptr, e_idx, e_val, e, e_bias[e], xs2, buf, 0, act1)
-                _dw3_s2_plane(buf3, 0, wo, dw_w, e, dw_b[e], ml, dw_out, 0, act2)
-            else:
-                _dw3_s2_plane(xsplit, e, wo, dw_w, e, dw_b[e], ml, dw_out, 0, act2)
-        d = dw_out[0]
-        for j in range(p_ptr[e], p_ptr[e + 1]):
-            yo, v = y[p_idx[j]], p_val[j]
-            for q in range(n):
-                yo[q] += v * d[q]
-    if act3 != 0:
+            b = min(2 * r1, h)
+            a = max(min(2 * r0 - 2, b - 4), 0)
+            off = r0 - a // 2
+            nbo = ((b - a) // 2) * wo
+            nin = 4 * nbo
+        q0, nq = max(r0 * wo, 0), max((r1 - r0) * wo, 0)
+        s0 = max(off * wo, 0)
         for o in range(n_out):
-            _act_plane(y, o, n, act3)
-            if skip:
-                for q in range(n):
-                    y[o, q] += x[o, q]
+            yo, bo = y[o], p_bias[o]
+            if add_early:
+                xo = x[o]
+                for q in range(nq):
+                    yo[q + q0] = bo + xo[q + q0]
+            else:
+                for q in range(nq):
+                    yo[q + q0] = bo
+        d2 = dw_out[:nbo].reshape(1, nbo)
+        d = dw_out
+        bb = buf[:nin].reshape(1, nin)
+        if stride == 2:
+            sp = split[:c_in * nin].reshape(c_in, 4, nbo)
+            sp2 = split[:c_in * nin].reshape(c_in, nin)
+            _split_rows(x, wd, a, b, sp)
+        for e in range(n_mid):
+            if stride == 1:
+                if expand:
+                    _csr_row_range(e_ptr, e_idx, e_val, e, e_bias[e], x, a * wd, buf[:nin], act1)
+                    _dw3_s1_plane(bb, 0, wd, dw_w, e, dw_b[e], ml, mr, d2, 0, act2)
+                else:
+                    _dw3_s1_plane(x[e, a * wd:b * wd].reshape(1, nin), 0, wd, dw_w, e, dw_b[e], ml, mr, d2, 0, act2)
+            else:
+                if expand:
+                    _csr_row_range(e_ptr, e_idx, e_val, e, e_bias[e], sp2, 0, buf[:nin], act1)
+                    _dw3_s2_plane(buf[:nin].reshape(1, 4, nbo), 0, wo, dw_w, e, dw_b[e], ml, d2, 0, act2)
+                else:
+                    _dw3_s2_plane(sp, e, wo, dw_w, e, dw_b[e], ml, d2, 0, act2)
+            for j in range(p_ptr[e], p_ptr[e + 1]):
+                yo, v = y[p_idx[j]], p_val[j]
+                for q in range(nq):
+                    yo[q + q0] += v * d[q + s0]
+        if act3 != 0:
+            for o in range(n_out):
+                yo = y[o]
+                for q in range(nq):
+                    t = yo[q + q0]
+                    t = max(t, 0.0)
+                    if act3 == 2:
+                        t = min(t, 6.0)
+                    if skip:
+                        t += x[o, q + q0]
+                    yo[q + q0] = t

@@ -202,7 +202,6 @@ class FusedBlock(nn.Module):
         self.acts = (act1, act2, act3)
         self.skip = bool(skip)
         self._fallback = ()  # set by compile_sparse (not a submodule: nothing is registered twice)
-        self._dummy = np.zeros((1, 1, 1), np.float32)
 
     def set_fallback(self, block: nn.Module) -> None:
         self._fallback = (block,)
@@ -222,20 +221,21 @@ class FusedBlock(nn.Module):
         x = _as_input(x)
         s = self.stride
         ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
-        xs, ys = x.numpy(), np.empty((n, self.out_channels, ho * wo), np.float32)
+        xs, ys = x.numpy().reshape(n, c, h * w), np.empty((n, self.out_channels, ho * wo), np.float32)
         m = K._masks(ho, wo, 1)
-        dw_out = np.empty((1, ho * wo), np.float32)
+        band = self.band(ho, wo)
+        scratch = K.fused_scratch(c, h, w, s, band)
         a1, a2, a3 = self.acts
         for i in range(n):
-            if s == 2:
-                xsplit = np.empty((c, 4, ho * wo), np.float32)
-                K.split_parity.serial(xs[i], xsplit)
-                buf3 = np.empty((1, 4, ho * wo), np.float32)
-            else:
-                xsplit, buf3 = self._dummy, np.empty((1, 1, h * w), np.float32)
-            K.fused_block(xs[i].reshape(c, h * w), xsplit, *self.e[:3], self.e[3], a1, self.dw_w, self.dw_b, w, s,
-                          a2, m[0], m[2], *self.p[:3], self.p[3], a3, self.skip, buf3, dw_out, ys[i])
+            K.fused_block(xs[i], *self.e[:3], self.e[3], a1, self.dw_w, self.dw_b, w, s, a2, m[0], m[2],
+                          *self.p[:3], self.p[3], a3, self.skip, band, *scratch, ys[i])
         return torch.from_numpy(ys).view(n, self.out_channels, ho, wo)
+
+    L2_BUDGET = 256 * 1024  # bytes of projection outputs per band: a band stays in L2 meanwhile
+
+    def band(self, ho: int, wo: int) -> int:
+        """Output rows per band: as many as keep Cout x rows x Wo floats within L2_BUDGET (>= 2)."""
+        return max(2, min(ho, self.L2_BUDGET // max(1, 4 * self.out_channels * wo)))
 
     def extra_repr(self):
         kind = "inverted residual" if self.e[0].size else "depthwise separable"
