@@ -103,10 +103,38 @@ class SparseConv1x1(nn.Module):
         self.nnz = int((w2 != 0).sum())
         self.sparsity = 1 - self.nnz / w2.size
         self.backend = "numba"
-        with warnings.catch_warnings():  # torch calls its sparse CSR support beta
-            warnings.simplefilter("ignore", UserWarning)
-            self._w_csr = torch.from_numpy(np.ascontiguousarray(w2)).to_sparse_csr()
+        self._w_csr = None  # torch's CSR tensor, made on first use (it cannot be deep-copied)
         self._b_col = torch.from_numpy(self.bias).reshape(-1, 1)
+
+    def _torch_csr(self) -> torch.Tensor:
+        if self._w_csr is None:
+            indptr, indices, data = K.to_csr(self.dense_weight())
+            with warnings.catch_warnings():  # torch calls its sparse CSR support beta
+                warnings.simplefilter("ignore", UserWarning)
+                self._w_csr = torch.sparse_csr_tensor(torch.from_numpy(indptr).long(), torch.from_numpy(indices).long(),
+                                                      torch.from_numpy(data), (self.out_channels, self.in_channels))
+        return self._w_csr
+
+    def dense_weight(self) -> np.ndarray:
+        """The [out, in] weight this layer multiplies by (zeros included)."""
+        w = np.zeros((self.out_channels, self.in_channels), np.float32)
+        if self.pattern is None:
+            indptr, indices, data = self.arrays
+            rows = np.repeat(np.arange(self.out_channels), np.diff(indptr))
+            w[rows, indices] = data
+        else:
+            r, c = self.pattern
+            indptr, cols, data = self.arrays
+            for ob in range(len(indptr) - 1):
+                for j in range(indptr[ob], indptr[ob + 1]):
+                    w[ob * r:(ob + 1) * r, cols[j]:cols[j] + c] = data[j].reshape(r, c)
+        return w
+
+    def __getstate__(self):  # copies and pickles rebuild the CSR tensor when they need it
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_w_csr"] = None
+        return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -118,7 +146,7 @@ class SparseConv1x1(nn.Module):
             out = torch.empty((n, o, h, w), dtype=torch.float32)
             xv, yv = x.view(n, c, h * w), out.view(n, o, h * w)
             for i in range(n):
-                torch.addmm(self._b_col, self._w_csr, xv[i], out=yv[i])
+                torch.addmm(self._b_col, self._torch_csr(), xv[i], out=yv[i])
             if self.act == K.ACT_RELU:
                 out.relu_()
             elif self.act == K.ACT_RELU6:
@@ -309,11 +337,19 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 class SparseModel(nn.Module):
     """What :func:`compile_sparse` returns: the rewritten model, run without autograd."""
 
-    def __init__(self, model: nn.Module, info: dict):
+    def __init__(self, model: nn.Module, info: dict, layered: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.sparse_info = info
         self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+        self._layered = (layered if layered is not None else model,)  # the model before flattening
+
+    def __getstate__(self):
+        """Pickles hold the model before flattening (the flat graph calls bound methods, which
+        torch.save cannot store); it runs the same layers, with module calls."""
+        state = dict(self.__dict__)
+        state["_modules"] = dict(state["_modules"], model=self._layered[0])
+        return state
 
     def forward(self, x):
         _threads()
@@ -483,7 +519,7 @@ def compile_sparse(model: nn.Module, example: torch.Tensor | None = None, min_sp
         info["fused_blocks"].append(name)
     flat = _flatten(m, example) if flatten else None
     info["graph"] = "fx" if flat is not None else "module"
-    return SparseModel(flat if flat is not None else m, info)
+    return SparseModel(flat if flat is not None else m, info, layered=m)
 
 
 def _flatten(m: nn.Module, example: torch.Tensor):
