@@ -270,9 +270,32 @@ def convert_to_model(model: nn.Module, sd: dict[str, torch.Tensor], converters: 
     raise CheckpointMismatchError(missing, unexpected, mismatched, ctx)
 
 
+_MASK = ".weight_mask"  # edgevision.sparse keeps a pruned layer's mask beside its weight
+
+
+def bake_pruning_masks(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """A pruned checkpoint (``edgevision train --sparsity``) stores a boolean ``<layer>.weight_mask``
+    beside each pruned weight. For a model without masks (inference: bench, predict, export,
+    a fine-tune) the masks are multiplied into the weights (which already hold zeros there) and
+    dropped; (the new dict, how many). A mask whose weight is missing or of another shape stays,
+    so the strict load names it."""
+    out, n = dict(sd), 0
+    for key in [k for k in sd if k.endswith(_MASK)]:
+        wkey = key[: -len("_mask")]
+        mask, w = sd[key], sd.get(wkey)
+        if w is not None and mask.dtype == torch.bool and mask.shape == w.shape:
+            out[wkey] = w * mask.to(w.dtype)
+            del out[key]
+            n += 1
+    return out, n
+
+
 def load_checkpoint(model: nn.Module, path, converters: dict | None = None, model_name: str = "") -> str:
-    """Read path, convert to the model's layout, load strictly. Returns the detected format."""
+    """Read path, convert to the model's layout, load strictly. Returns the detected format.
+    Pruning masks in the checkpoint are baked into the weights unless the model has masks."""
     sd = read_state_dict(path)
+    if not any(k.endswith(_MASK) for k in model.state_dict()):
+        sd, _ = bake_pruning_masks(sd)
     meta = read_metadata(path)
     context = f"{path}"
     saved_for = meta.get("model_name")

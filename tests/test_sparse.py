@@ -294,3 +294,29 @@ def test_hook_resume_with_other_pattern_refused():
     h = make_pruning_hook(Cfg(sparsity=0.5, prune_end=1.0))
     with pytest.raises(ValueError, match="pattern"):
         h.load_state_dict({"current": 0.2, "pattern": "4x1", "scope": "layer"})
+
+
+def test_checkpoint_masks_baked_for_a_plain_model(tmp_path):
+    """load_checkpoint multiplies a pruned checkpoint's masks into the weights of a model without
+    masks; a mask that does not fit its weight stays and the strict load names it."""
+    from safetensors.torch import save_file
+
+    from edgevision.checkpoints import CheckpointMismatchError, bake_pruning_masks, load_checkpoint
+
+    m = prune(small_net(), 0.7).eval()
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    sd["4.weight"] = torch.randn_like(sd["4.weight"])  # non-zeros where the mask is off: baked away
+    baked, n = bake_pruning_masks(sd)
+    assert n == 3 and not any(k.endswith(MASK) for k in baked)
+    assert (baked["4.weight"][~sd["4.weight_mask"]] == 0).all()
+    path = tmp_path / "p.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    plain = small_net().eval()
+    load_checkpoint(plain, path)
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(plain(x), m(x))
+    bad = {k: v.contiguous() for k, v in m.state_dict().items()}
+    bad["4.weight_mask"] = torch.ones(3, dtype=torch.bool)
+    save_file(bad, str(path))
+    with pytest.raises(CheckpointMismatchError, match="4.weight_mask"):
+        load_checkpoint(small_net(), path)

@@ -206,3 +206,34 @@ def test_compiled_model_copies_and_pickles():
         ref = m(x)
         for other in (copy.deepcopy(sm), torch.load(buf, weights_only=False)):
             assert (other(x) - ref).abs().max().item() <= 1e-4
+
+
+def test_pruned_checkpoint_benches_on_the_sparse_runtime(tmp_path):
+    """End to end as a user: a pruned checkpoint (masks beside the weights, as `edgevision train
+    --sparsity` writes) loads into a plain model with the masks baked in, and `edgevision bench
+    --runtime sparse` runs it with outputs equal to the dense runtime's."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    m = prune(ev.create_model("mobilenetv2_050").eval(), 0.9)
+    path = tmp_path / "pruned.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    plain = ev.create_model("mobilenetv2_050", checkpoint=str(path)).eval()
+    assert not any(k.endswith("weight_mask") for k in plain.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), m(x))
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "-m", "edgevision", "bench", "mobilenetv2_050", "--checkpoint", str(path),
+                        "--runtime", "eager,sparse", "--size", "64", "--threads", "1", "--warmup", "1", "--iters", "3",
+                        "--rounds", "1", "--output", str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "was it pruned" not in r.stderr
+    rows = json.loads((out / "bench.json").read_text())
+    rows = rows["results"]
+    sparse = [row for row in rows if row.get("runtime") == "sparse"]
+    assert sparse and sparse[0]["error"] is None and sparse[0]["max_abs_diff"] <= 1e-4
