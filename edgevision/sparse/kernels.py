@@ -117,49 +117,52 @@ def _finish(yo, act):
 
 
 @njit(fastmath=True, boundscheck=False, nogil=True, cache=True) if numba is not None else (lambda f: f)
-def _csr_row_start(indptr, indices, data, o, b, x, yo):
-    """yo[:] = b + the first (nnz % 4) terms of CSR row o, in one pass; returns the index of the
-    next non-zero. The rest come four at a time. Rows with few non-zeros (90%-sparse layers with
-    16-64 input channels: 1.6-6 per row) thus take one or two passes over yo instead of an
-    initialising pass plus one per leftover term: 1.25-1.45x on MobileNet's 56x56 and 112x112
-    layers (AVX-512 Xeon, 1 thread), the same elsewhere."""
+def _csr_row_range(indptr, indices, data, o, b, x, lo, yo, act):
+    """yo[:] = b + sum over row o of the CSR matrix of data[j] * x[indices[j], lo:lo+len(yo)],
+    then act: one output row of csr_spmm, or of the fused block's expand over a band of pixels.
+
+    The leftover (nnz mod 4) non-zeros go first, with the bias, in one pass; the rest four at a
+    time. Rows of 90%-sparse layers with 16-64 input channels hold 1.6-6 non-zeros, so this is
+    one or two passes over yo instead of an initialising pass plus one per leftover term:
+    1.25-1.45x on MobileNet's 56x56 and 112x112 layers (AVX-512 Xeon, 1 thread, scratch
+    timings), the same elsewhere."""
     n = yo.shape[0]
-    j = indptr[o]
-    r = (indptr[o + 1] - j) % 4
+    lo = max(lo, 0)
+    hi = lo + n
+    j, j1 = indptr[o], indptr[o + 1]
+    r = (j1 - j) % 4
     if r == 0:
         for p in range(n):
             yo[p] = b
     elif r == 1:
-        x0, v0 = x[indices[j]], data[j]
+        x0, v0 = x[indices[j], lo:hi], data[j]
         for p in range(n):
             yo[p] = b + v0 * x0[p]
     elif r == 2:
-        x0, x1, v0, v1 = x[indices[j]], x[indices[j + 1]], data[j], data[j + 1]
+        x0, x1, v0, v1 = x[indices[j], lo:hi], x[indices[j + 1], lo:hi], data[j], data[j + 1]
         for p in range(n):
             yo[p] = b + v0 * x0[p] + v1 * x1[p]
     else:
-        x0, x1, x2 = x[indices[j]], x[indices[j + 1]], x[indices[j + 2]]
+        x0, x1, x2 = x[indices[j], lo:hi], x[indices[j + 1], lo:hi], x[indices[j + 2], lo:hi]
         v0, v1, v2 = data[j], data[j + 1], data[j + 2]
         for p in range(n):
             yo[p] = b + v0 * x0[p] + v1 * x1[p] + v2 * x2[p]
-    return j + r
+    j += r
+    while j + 4 <= j1:
+        x0, x1 = x[indices[j], lo:hi], x[indices[j + 1], lo:hi]
+        x2, x3 = x[indices[j + 2], lo:hi], x[indices[j + 3], lo:hi]
+        v0, v1, v2, v3 = data[j], data[j + 1], data[j + 2], data[j + 3]
+        for p in range(n):
+            yo[p] += v0 * x0[p] + v1 * x1[p] + v2 * x2[p] + v3 * x3[p]
+        j += 4
+    _finish(yo, act)
 
 
 @_jit
 def csr_spmm(indptr, indices, data, bias, x, y, act):
     """y[O, P] = W @ x[I, P] + bias, W in CSR; ``act`` 0 none, 1 ReLU, 2 ReLU6."""
-    n_rows, n_pix = y.shape
-    for o in _prange(n_rows):
-        yo = y[o]
-        j = _csr_row_start(indptr, indices, data, o, bias[o], x, yo)
-        j1 = indptr[o + 1]
-        while j + 4 <= j1:
-            x0, x1, x2, x3 = x[indices[j]], x[indices[j + 1]], x[indices[j + 2]], x[indices[j + 3]]
-            v0, v1, v2, v3 = data[j], data[j + 1], data[j + 2], data[j + 3]
-            for p in range(n_pix):
-                yo[p] += v0 * x0[p] + v1 * x1[p] + v2 * x2[p] + v3 * x3[p]
-            j += 4
-        _finish(yo, act)
+    for o in _prange(y.shape[0]):
+        _csr_row_range(indptr, indices, data, o, bias[o], x, 0, y[o], act)
 
 
 @_jit
@@ -555,42 +558,6 @@ def depthwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int, pad: 
 
 
 # ------------------------------------------------------------ fused blocks (channel streaming)
-
-@_njit
-def _csr_row_range(indptr, indices, data, o, b, x, lo, yo, act):
-    """yo[:] = b + sum over row o of the CSR matrix of data[j] * x[indices[j], lo:lo+len(yo)],
-    then act: csr_spmm's row on a range of pixels (the leftover terms first, with the bias)."""
-    n = yo.shape[0]
-    lo = max(lo, 0)
-    hi = lo + n
-    j, j1 = indptr[o], indptr[o + 1]
-    r = (j1 - j) % 4
-    if r == 0:
-        for p in range(n):
-            yo[p] = b
-    elif r == 1:
-        x0, v0 = x[indices[j], lo:hi], data[j]
-        for p in range(n):
-            yo[p] = b + v0 * x0[p]
-    elif r == 2:
-        x0, x1, v0, v1 = x[indices[j], lo:hi], x[indices[j + 1], lo:hi], data[j], data[j + 1]
-        for p in range(n):
-            yo[p] = b + v0 * x0[p] + v1 * x1[p]
-    else:
-        x0, x1, x2 = x[indices[j], lo:hi], x[indices[j + 1], lo:hi], x[indices[j + 2], lo:hi]
-        v0, v1, v2 = data[j], data[j + 1], data[j + 2]
-        for p in range(n):
-            yo[p] = b + v0 * x0[p] + v1 * x1[p] + v2 * x2[p]
-    j += r
-    while j + 4 <= j1:
-        x0, x1 = x[indices[j], lo:hi], x[indices[j + 1], lo:hi]
-        x2, x3 = x[indices[j + 2], lo:hi], x[indices[j + 3], lo:hi]
-        v0, v1, v2, v3 = data[j], data[j + 1], data[j + 2], data[j + 3]
-        for p in range(n):
-            yo[p] += v0 * x0[p] + v1 * x1[p] + v2 * x2[p] + v3 * x3[p]
-        j += 4
-    _finish(yo, act)
-
 
 @_njit
 def _split_rows(x, wd, a, b, out):

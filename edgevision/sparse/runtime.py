@@ -131,10 +131,7 @@ class SparseConv1x1(nn.Module):
         return w
 
     def __getstate__(self):  # copies and pickles rebuild the CSR tensor when they need it
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
-        state["_w_csr"] = None
-        return state
+        return {**self.__dict__, "_w_csr": None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -378,20 +375,16 @@ def _act_code(mod: nn.Module) -> int | None:
     return None
 
 
-def _observe(m: nn.Module, example: torch.Tensor, candidates: dict):
-    """One example forward: each candidate's input (for timing), and the ReLU/ReLU6 module
-    that is the only consumer of its output (fusable into the kernel)."""
+def _observe(m: nn.Module, example: torch.Tensor, candidates: dict) -> dict:
+    """One example forward: for each candidate, the ReLU/ReLU6 module that is the only consumer
+    of its output (fusable into the kernel), as {candidate: (activation name, code)}."""
     from edgevision.export.fuse import _ConsumerCounter
 
     names = {mod: n for n, mod in m.named_modules()}
-    inputs, out_of, calls, act_in, keep = {}, {}, {}, [], []
+    out_of, calls, act_in, keep = {}, {}, [], []
     leaves = [mod for mod in names if not list(mod.children())]
 
-    def record(mod, args, out):  # pass 1: inputs to time the candidates on (no torch mode on)
-        if names[mod] in candidates:
-            inputs.setdefault(names[mod], args[0].detach().clone())
-
-    def link(mod, args, out):  # pass 2: who feeds which activation; torch ops only outside
+    def link(mod, args, out):  # who feeds which activation; torch ops only outside
         n = names[mod]
         calls[n] = calls.get(n, 0) + 1
         keep.append(out)  # hold outputs so Python ids are not reused during the pass
@@ -401,18 +394,13 @@ def _observe(m: nn.Module, example: torch.Tensor, candidates: dict):
             act_in.append((n, id(args[0]), mod, counter.uses[id(args[0])]))
 
     counter = _ConsumerCounter()
-    for fn, mode in ((record, None), (link, counter)):
-        hooks = [mod.register_forward_hook(fn) for mod in leaves]
-        try:
-            with torch.no_grad():
-                if mode is None:
-                    m(example)
-                else:
-                    with mode:
-                        m(example)
-        finally:
-            for h in hooks:
-                h.remove()
+    hooks = [mod.register_forward_hook(link) for mod in leaves]
+    try:
+        with torch.no_grad(), counter:
+            m(example)
+    finally:
+        for h in hooks:
+            h.remove()
     acts = {}
     for n, tid, mod, uses_so_far in act_in:
         src = out_of.get(tid)
@@ -421,7 +409,7 @@ def _observe(m: nn.Module, example: torch.Tensor, candidates: dict):
         only = uses_so_far == 1 and (getattr(mod, "inplace", False) or counter.uses[tid] == 1)
         if src is not None and calls[src] == 1 and calls[n] == 1 and only:
             acts[src] = (n, _act_code(mod))
-    return inputs, acts
+    return acts
 
 
 def _example(model: nn.Module) -> torch.Tensor:
@@ -430,9 +418,10 @@ def _example(model: nn.Module) -> torch.Tensor:
     return torch.randn(1, *size)
 
 
-def _block_inputs(m: nn.Module, example: torch.Tensor, blocks: dict) -> dict:
-    """The example's input to each named block (one forward with pre-hooks)."""
-    names = {m.get_submodule(n): n for n in blocks}
+def _inputs_of(m: nn.Module, example: torch.Tensor, names) -> dict:
+    """The example's input to each named submodule (one forward with pre-hooks), to time the
+    candidates and blocks on."""
+    names = {m.get_submodule(n): n for n in names}
     seen = {}
 
     def grab(mod, args):
@@ -484,8 +473,8 @@ def compile_sparse(model: nn.Module, example: torch.Tensor | None = None, min_sp
             if fb is not None and any(isinstance(candidates.get(f"{name}.{c}"), SparseConv1x1)
                                       for c in ("conv_pw", "conv_pwl")):
                 blocks[name] = fb
-    block_inputs = _block_inputs(m, example, blocks) if blocks else {}
-    inputs, acts = _observe(m, example, candidates)
+    inputs = _inputs_of(m, example, [*candidates, *blocks])
+    acts = _observe(m, example, candidates)
     with torch.no_grad():
         for name, new in candidates.items():
             old = m.get_submodule(name)
@@ -512,7 +501,7 @@ def compile_sparse(model: nn.Module, example: torch.Tensor | None = None, min_sp
     for name, fb in blocks.items():
         block = m.get_submodule(name)
         fb.set_fallback(block)
-        inp = block_inputs.get(name)
+        inp = inputs.get(name)
         if inp is None or not fb.fits(*inp.shape[2:]):
             continue
         with torch.no_grad():
